@@ -1,0 +1,1 @@
+"""Clients of the tracker (browser overlay, Python client)."""

@@ -1,0 +1,1 @@
+"""Everything live: tracking a conversation turn by turn with a trained model."""
