@@ -1,0 +1,96 @@
+"""`merc-train` and `merc-eval`: the offline commands."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import add_config_arguments, load_config
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="merc-train",
+        description=(
+            "Train a MultiDAG emotion tracker on a conversation corpus. Optionally fine-tunes the text "
+            "encoder first; then embeds every turn (cached on disk) and trains the DAG with AdamW, keeping "
+            "the epoch with the best validation weighted F1 (the test split is never read). Writes RUN/: "
+            "config.json, model.json + model.safetensors, encoder/ (if fine-tuned), metrics.json, "
+            "valid_report.txt, valid_confusion.png, curves.png."),
+        epilog="Example: merc-train --config models/configs/meld.toml --seed 1 --out runs/meld-s1",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", type=Path, help="TOML file of training options (keys as below, with underscores)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from .corpora import CorpusError
+    from .train import run_training
+
+    try:
+        config = load_config(args.config, vars(args))
+        metrics = run_training(config, args.out, progress=not args.quiet)
+    except (ValueError, OSError, KeyError, CorpusError) as err:
+        print(f"merc-train: error: {err}", file=sys.stderr)
+        return 2
+    valid = metrics["valid"]
+    print(f"best epoch {metrics['best_epoch']}: valid weighted F1 {100 * valid['weighted_f1']:.2f}, "
+          f"accuracy {100 * valid['accuracy']:.2f}; run written to {args.out}")
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="merc-eval",
+        description=(
+            "Score a trained run on a corpus split, causally (each turn sees only itself and earlier turns). "
+            "Prints accuracy, weighted F1 (support-weighted, as ERC papers report it), macro F1, per-class F1 "
+            "and the confusion matrix; writes RUN/eval-SPLIT/metrics.json, report.txt and confusion.png."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run", type=Path, help="run directory written by merc-train (or a model directory)")
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split to score")
+    parser.add_argument("--corpus", help="corpus to score on (default: the one the run was trained on)")
+    parser.add_argument("--data-dir", help="corpus location (default: the run's, else $MERC_DATA, else ../shared/data)")
+    parser.add_argument("--out", type=Path, help="where to write the reports (default: RUN/eval-SPLIT)")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    _setup_logging(False)
+    from .checkpoint import ModelError
+    from .corpora import CorpusError
+    from .evaluate import evaluate_run
+
+    try:
+        result = evaluate_run(args.run, args.split, args.corpus, args.data_dir, args.out, args.device,
+                              progress=not args.quiet)
+    except (ModelError, CorpusError, OSError, ValueError) as err:
+        print(f"merc-eval: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['corpus']} {result['split']}: {result['n']} turns in {result['dialogues']} dialogues (causal)")
+    print(f"  accuracy     {100 * result['accuracy']:6.2f}")
+    print(f"  weighted F1  {100 * result['weighted_f1']:6.2f}")
+    print(f"  macro F1     {100 * result['macro_f1']:6.2f}")
+    print("  per-class F1 " + "  ".join(f"{k} {100 * v:.2f}" for k, v in result["per_class_f1"].items()))
+    labels = result["labels"]
+    width = max(len(x) for x in labels) + 1
+    print("  confusion (rows gold, columns predicted):")
+    print("  " + " " * width + "".join(f"{x:>{width}}" for x in labels))
+    for label, row in zip(labels, result["confusion_matrix"]):
+        print(f"  {label:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return 0

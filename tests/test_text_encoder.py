@@ -1,0 +1,89 @@
+"""The text encoder: packaged MiniLM weights, causal turn inputs, the embedding cache and
+fine-tuned encoders that load like any other."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from merc.models.corpora import load_corpus
+from merc.models.embedding_cache import EmbeddingCache, encode_cached
+from merc.models.finetune import FinetuneConfig, finetune_text_encoder
+from merc.models.labels import MELD7
+from merc.models.text_encoder import MINILM_ID, EncoderError, TextEncoder, turn_inputs
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    return TextEncoder.load(MINILM_ID, device="cpu")
+
+
+def test_turn_inputs_use_only_earlier_turns_most_recent_first():
+    texts = ["a", "b", "c", "d"]
+    assert turn_inputs(texts, 0) == [("a", ""), ("b", ""), ("c", ""), ("d", "")]
+    assert turn_inputs(texts, 2) == [("a", ""), ("b", "a"), ("c", "b | a"), ("d", "c | b")]
+
+
+def test_packaged_minilm_gives_sentence_embeddings(minilm):
+    vectors = minilm.encode([("I am so happy today!", ""), ("What a joyful day, I love it.", ""),
+                             ("The invoice is attached as a PDF.", "")])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert unit[0] @ unit[1] > unit[0] @ unit[2] + 0.2
+
+
+def test_batching_does_not_change_embeddings(minilm):
+    items = [("Hello there.", ""), ("Why would you say that to me?", ""), ("Fine.", "")]
+    together = minilm.encode(items, batch_size=8)
+    alone = np.concatenate([minilm.encode([item]) for item in items])
+    assert np.allclose(together, alone, atol=1e-5)
+
+
+def test_cache_returns_stored_vectors_without_encoding_again(minilm, tmp_path):
+    cache = EmbeddingCache(tmp_path / "e.sqlite")
+    items = [("one", ""), ("two", ""), ("one", "")]
+    first = encode_cached(minilm, items, cache)
+
+    class Counting:
+        """The real encoder, counting what it is asked to encode."""
+
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+            self.id, self.dim = inner.id, inner.dim
+
+        def encode(self, todo, **kw):
+            self.calls.append(list(todo))
+            return self.inner.encode(todo, **kw)
+
+    counting = Counting(minilm)
+    again = encode_cached(counting, items + [("three", "")], cache)
+    assert counting.calls == [[("three", "")]]
+    assert np.allclose(again[:3], first)
+    cache.close()
+
+
+def test_unknown_encoder_path_is_a_clear_error(tmp_path):
+    bogus = tmp_path / "not-a-model.txt"
+    bogus.write_text("x")
+    with pytest.raises(EncoderError, match="not-a-model"):
+        TextEncoder.load(bogus)
+
+
+def test_finetuned_encoder_round_trips_through_its_directory(data_dir, tmp_path):
+    train = load_corpus("meld", data_dir, "train")[:6]
+    valid = load_corpus("meld", data_dir, "valid")[:3]
+    out = tmp_path / "enc"
+    cfg = FinetuneConfig(context_turns=1, train_layers=1, epochs=1, batch_size=16)
+    metrics = finetune_text_encoder(train, valid, MELD7, cfg, out, progress=False)
+    assert metrics["best"]["epoch"] == 1
+    loaded = TextEncoder.load(out, device="cpu")
+    assert loaded.spec.context_turns == 1 and loaded.spec.delta_sha256
+    base = TextEncoder.load(MINILM_ID, device="cpu")
+    items = turn_inputs([u.text for u in valid[0].utterances], 1)
+    changed = loaded.encode(items)
+    assert not np.allclose(changed, base.with_spec(context_turns=1).encode(items), atol=1e-3)
+    assert loaded.id != base.id
+    # A corrupted parameter file is refused by its checksum.
+    delta = out / "finetuned.safetensors"
+    delta.write_bytes(delta.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(EncoderError, match="checksum"):
+        TextEncoder.load(out)
