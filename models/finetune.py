@@ -51,6 +51,19 @@ def _labelled_items(dialogues: list[Dialogue], label_set: LabelSet, context_turn
     return items, np.array(labels)
 
 
+def _length_grouped_batches(items, batch_size: int, group: int = 50) -> list[list[int]]:
+    """Shuffled batches of turns of similar length: less padding, the same turns every epoch."""
+    order = list(range(len(items)))
+    random.shuffle(order)
+    size = lambda i: len(items[i][0]) + len(items[i][1])  # noqa: E731
+    batches = []
+    for start in range(0, len(order), batch_size * group):
+        chunk = sorted(order[start:start + batch_size * group], key=size)
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    random.shuffle(batches)
+    return batches
+
+
 def _trainable_names(encoder: TextEncoder, train_layers: int) -> list[str]:
     n_layers = encoder.model.config.num_hidden_layers
     first = n_layers - train_layers
@@ -95,13 +108,10 @@ def finetune_text_encoder(train: list[Dialogue], valid: list[Dialogue], label_se
     for epoch in range(1, cfg.epochs + 1):
         encoder.train()
         head.train()
-        order = list(range(len(train_items)))
-        random.shuffle(order)
         started, losses = time.time(), []
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"fine-tune epoch {epoch}/{cfg.epochs}",
-                   unit="batch", disable=not progress)
-        for start in bar:
-            idx = order[start:start + cfg.batch_size]
+        batches = _length_grouped_batches(train_items, cfg.batch_size)
+        bar = tqdm(batches, desc=f"fine-tune epoch {epoch}/{cfg.epochs}", unit="batch", disable=not progress)
+        for idx in bar:
             logits = head(encoder(encoder.tokenize([train_items[i] for i in idx])))
             target = torch.as_tensor(train_y[idx], device=logits.device)
             loss = torch.nn.functional.cross_entropy(logits, target)
