@@ -1,0 +1,178 @@
+"""The serving bundle: ONNX graphs, the tokenizer and `manifest.json`, checked before use.
+
+    manifest.json              what the bundle holds (format below) and the sha256 of every file
+    dag_step.onnx              one MultiDAG step; includes the text/audio/face projections
+    text_encoder.onnx          the text encoder with its pooling (fp32)
+    text_encoder.int8.onnx     the same, weights quantised to int8 (optional)
+    text_encoder.fp16.onnx     the same in fp16 (optional; for GPUs)
+    tokenizer.json             the encoder's tokenizer, for the `tokenizers` library
+
+Nothing here imports torch, transformers or merc.models: serving reads bundles through this
+module and `runtime`, and `manifest.json` carries every setting serving needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .turns import turn_inputs
+
+FORMAT = "merc-bundle"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+DAG_FILE = "dag_step.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+ENCODER_FILES = {"fp32": "text_encoder.onnx", "fp16": "text_encoder.fp16.onnx", "int8": "text_encoder.int8.onnx"}
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ENCODER_OUTPUT = "embedding"
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete, corrupt or inconsistent; the message names the file."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parts of `manifest.json` serving relies on (the file holds more: provenance, parity)."""
+
+    path: Path
+    labels: tuple[str, ...]
+    label_set: str
+    dims: dict[str, int]
+    hidden: int
+    layers: int
+    omega: int
+    max_predecessors: int
+    encoder: dict
+    files: dict[str, str]
+    raw: dict
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.path.parent
+
+    def file(self, name: str) -> Path:
+        return self.bundle_dir / name
+
+    def encoder_file(self, precision: str) -> Path:
+        variants = self.encoder["files"]
+        if precision not in variants:
+            raise BundleError(f"{self.path}: no {precision} text encoder in this bundle "
+                              f"(it has: {', '.join(sorted(variants))}); re-export with --variants {precision}")
+        return self.file(variants[precision])
+
+
+def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
+    """Read and check `manifest.json`: format, required fields, every listed file present and,
+    when `verify`, matching its sha256."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_FILE
+    if not bundle_dir.is_dir():
+        raise BundleError(f"{bundle_dir}: bundle directory not found (create one with merc-export RUN -o BUNDLE)")
+    if not path.exists():
+        raise BundleError(f"{path}: not found; is {bundle_dir} a bundle written by merc-export?")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a {FORMAT} manifest")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path}: format version {raw.get('format_version')!r}, this merc reads {FORMAT_VERSION}; "
+                          "re-export the bundle with this version's merc-export")
+    try:
+        dag = raw["dag"]
+        manifest = Manifest(
+            path=path, labels=tuple(raw["labels"]), label_set=str(raw["label_set"]),
+            dims={m: int(dag["dims"][m]) for m in ("text", "audio", "face")}, hidden=int(dag["hidden"]),
+            layers=int(dag["layers"]), omega=int(dag["omega"]), max_predecessors=int(dag["max_predecessors"]),
+            encoder=dict(raw["encoder"]), files=dict(raw["files"]), raw=raw)
+        encoder = manifest.encoder
+        int(encoder["context_turns"]), int(encoder["max_length"]), int(encoder["dim"])
+        dict(encoder["files"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{path}: malformed manifest: missing or bad field {err}") from err
+    if len(manifest.labels) < 2:
+        raise BundleError(f"{path}: needs at least 2 labels, has {len(manifest.labels)}")
+    if manifest.encoder["dim"] != manifest.dims["text"]:
+        raise BundleError(f"{path}: text encoder dim {manifest.encoder['dim']} but the DAG reads text of dim "
+                          f"{manifest.dims['text']}")
+    needed = [DAG_FILE, manifest.encoder.get("tokenizer", TOKENIZER_FILE), *manifest.encoder["files"].values()]
+    for name in needed:
+        if name not in manifest.files:
+            raise BundleError(f"{path}: {name} has no checksum in the manifest")
+    for name, digest in manifest.files.items():
+        file = bundle_dir / name
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in {path} but missing")
+        if verify and sha256_file(file) != digest:
+            raise BundleError(f"{file}: sha256 does not match {path} (corrupt, truncated or replaced); "
+                              "re-export the bundle")
+    return manifest
+
+
+class TurnTokenizer:
+    """Token ids for a turn exactly as `TextEncoder.tokenize` makes them, with `tokenizers` only.
+
+    A turn with context is a pair (text, context) truncated `only_second` to `max_length`; a turn
+    without context is one segment. Where the turn alone is too long to keep any context,
+    transformers raises; here the turn is encoded alone, truncated to `max_length`.
+    """
+
+    def __init__(self, path: Path, max_length: int, context_turns: int) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as err:  # pragma: no cover - a declared dependency
+            raise BundleError("serving needs the `tokenizers` package: pip install tokenizers") from err
+        try:
+            self._single = Tokenizer.from_file(str(path))
+            self._pair = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception on a bad file
+            raise BundleError(f"{path}: cannot load tokenizer: {err}") from err
+        self.context_turns = context_turns
+        self.max_length = max_length
+        self._single.no_padding()
+        self._pair.no_padding()
+        self._single.enable_truncation(max_length)
+        self._pair.enable_truncation(max_length, strategy="only_second")
+        pad = self._single.token_to_id("[PAD]")
+        self.pad_id = 0 if pad is None else pad
+
+    def turn_input(self, history: list[str], text: str) -> tuple[str, str]:
+        """(text, context) of a new turn given the earlier texts (oldest first)."""
+        texts = history[-self.context_turns:] + [text] if self.context_turns else [text]
+        return turn_inputs(texts, self.context_turns)[-1]
+
+    def encode(self, inputs: list[tuple[str, str]]) -> dict[str, "np.ndarray"]:  # noqa: F821
+        """Padded int64 input_ids, attention_mask, token_type_ids (batch, longest)."""
+        import numpy as np
+
+        pairs = bool(self.context_turns) and any(c for _, c in inputs)
+        encodings = []
+        for text, context in inputs:
+            if pairs:
+                try:
+                    encodings.append(self._pair.encode(text, context))
+                    continue
+                except Exception:  # the turn alone exceeds max_length: no room for context
+                    pass
+            encodings.append(self._single.encode(text))
+        longest = max(len(e.ids) for e in encodings)
+        batch = {name: np.zeros((len(encodings), longest), dtype=np.int64) for name in ENCODER_INPUTS}
+        batch["input_ids"][:] = self.pad_id
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            batch["input_ids"][row, :n] = e.ids
+            batch["attention_mask"][row, :n] = e.attention_mask
+            batch["token_type_ids"][row, :n] = e.type_ids
+        return batch
