@@ -251,7 +251,7 @@ def validate_bundle(out: Path, model: TrainedModel, encoder: TextEncoder, varian
                     predicted[p].append(o.label)
                 gold.append(u.label)
                 turns += 1
-    dag_delta, dag_turns = _dag_parity(model, dialogues, encoder, DAGStepSession(trackers["fp32"].manifest, "cpu", threads))
+    dag_delta, dag_turns = _dag_parity(model, dialogues, encoder, DAGStepSession(trackers["fp32"].manifest, "cpu"))
     report = {
         "corpus": corpus, "split": split, "dialogues": [d.id for d in dialogues], "turns": turns,
         "tolerance_fp32": tolerance, "token_ids_identical": bool(tokens_identical),

@@ -18,7 +18,7 @@ import torch
 from merc.export.bundle import DAG_FILE, ENCODER_FILES, MANIFEST_FILE, TOKENIZER_FILE, BundleError, sha256_file
 from merc.export.cli import main as export_main
 from merc.export.dag_step import DAGStep
-from merc.export.onnx_export import ExportError, export_bundle
+from merc.export.onnx_export import ExportError, ensure_bundle, export_bundle, model_key
 from merc.export.runtime import BundleTracker
 from merc.export import turns
 from merc.models.checkpoint import load_model
@@ -253,6 +253,21 @@ def test_export_refuses_an_old_opset_and_an_occupied_target(run_dir, bundle):
         export_bundle(run_dir, bundle.parent / "other", opset=16)
     with pytest.raises(ExportError, match="exists and is not empty"):
         export_bundle(run_dir, bundle)
+
+
+def test_cached_bundle_is_exported_once_and_rebuilt_when_damaged(run_dir, tmp_path):
+    """First use exports into the cache (parity on the shipped example dialogue); later uses reuse
+    it; a damaged cached file makes the next use export again."""
+    first = ensure_bundle(run_dir, cache=tmp_path, variants=[], threads=1)
+    assert first.parent == tmp_path and first.name.endswith(model_key(run_dir))
+    parity = json.loads((first / MANIFEST_FILE).read_text())["validation"]["parity"]
+    assert parity["passed"] and parity["corpus"] == "jsonl" and parity["turns"] > 0
+    stamp = (first / DAG_FILE).stat().st_mtime_ns
+    assert ensure_bundle(run_dir, cache=tmp_path, variants=[]) == first
+    assert (first / DAG_FILE).stat().st_mtime_ns == stamp
+    (first / DAG_FILE).write_bytes(b"damaged")
+    assert ensure_bundle(run_dir, cache=tmp_path, variants=[], threads=1) == first
+    assert BundleTracker.load(first, device="cpu").track("A", "Hello!").label in BundleTracker.load(first).labels
 
 
 def test_cli_help_and_errors(tmp_path, capsys):
