@@ -316,6 +316,11 @@ def export_bundle(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPS
     if encoder.dim != model.dag.config.dims["text"]:
         raise ExportError(f"{run_dir}: the DAG reads text vectors of dim {model.dag.config.dims['text']} but its "
                           f"encoder gives {encoder.dim}")
+    if "token_type_ids" not in getattr(encoder.tokenizer, "model_input_names", ()):
+        # TextEncoder pools segment 0 through token_type_ids; encoders without them (RoBERTa/MPNet
+        # style) would need a different graph signature and pooling, not implemented yet.
+        raise ExportError(f"encoder {encoder.spec.base!r} takes no token_type_ids; merc-export supports "
+                          "BERT-style encoders (such as the default all-MiniLM-L6-v2) only")
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
