@@ -124,9 +124,8 @@ def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
 class TurnTokenizer:
     """Token ids for a turn exactly as `TextEncoder.tokenize` makes them, with `tokenizers` only.
 
-    A turn with context is a pair (text, context) truncated `only_second` to `max_length`; a turn
-    without context is one segment. Where the turn alone is too long to keep any context,
-    transformers raises; here the turn is encoded alone, truncated to `max_length`.
+    With context turns, every turn is a pair (text, context), even when the context is empty,
+    truncated `longest_first` to `max_length`; without, one segment.
     """
 
     def __init__(self, path: Path, max_length: int, context_turns: int) -> None:
@@ -144,7 +143,7 @@ class TurnTokenizer:
         self._single.no_padding()
         self._pair.no_padding()
         self._single.enable_truncation(max_length)
-        self._pair.enable_truncation(max_length, strategy="only_second")
+        self._pair.enable_truncation(max_length, strategy="longest_first")
         pad = self._single.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
 
@@ -157,16 +156,10 @@ class TurnTokenizer:
         """Padded int64 input_ids, attention_mask, token_type_ids (batch, longest)."""
         import numpy as np
 
-        pairs = bool(self.context_turns) and any(c for _, c in inputs)
-        encodings = []
-        for text, context in inputs:
-            if pairs:
-                try:
-                    encodings.append(self._pair.encode(text, context))
-                    continue
-                except Exception:  # the turn alone exceeds max_length: no room for context
-                    pass
-            encodings.append(self._single.encode(text))
+        if self.context_turns:
+            encodings = [self._pair.encode(text, context) for text, context in inputs]
+        else:
+            encodings = [self._single.encode(text) for text, _ in inputs]
         longest = max(len(e.ids) for e in encodings)
         batch = {name: np.zeros((len(encodings), longest), dtype=np.int64) for name in ENCODER_INPUTS}
         batch["input_ids"][:] = self.pad_id

@@ -33,6 +33,8 @@ MINILM_ALIASES = {MINILM_ID, "all-MiniLM-L6-v2", "minilm"}
 # sha256 of the official model.safetensors of all-MiniLM-L6-v2.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 SPEC_FILE = "encoder.json"
+# Bumped whenever the way a turn becomes token ids changes, so cached embeddings are not reused.
+INPUT_FORMAT = 2
 DELTA_FILE = "finetuned.safetensors"
 
 
@@ -128,7 +130,8 @@ class TextEncoder(torch.nn.Module):
     @property
     def id(self) -> str:
         """Stable identity of this encoder's outputs: the key of the embedding cache."""
-        return hashlib.sha256(json.dumps(asdict(self.spec), sort_keys=True).encode()).hexdigest()[:16]
+        key = {"spec": asdict(self.spec), "input_format": INPUT_FORMAT}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def device(self) -> torch.device:
@@ -177,8 +180,11 @@ class TextEncoder(torch.nn.Module):
     def tokenize(self, inputs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
         texts = [t for t, _ in inputs]
         contexts = [c for _, c in inputs]
-        if self.spec.context_turns and any(contexts):
-            batch = self.tokenizer(texts, contexts, truncation="only_second", max_length=self.spec.max_length,
+        if self.spec.context_turns:
+            # Always a pair (even with an empty context, as for a dialogue's first turn), so a turn
+            # is tokenized the same alone or in any batch; longest_first trims the longer segment,
+            # which is the context unless the turn itself is very long.
+            batch = self.tokenizer(texts, contexts, truncation="longest_first", max_length=self.spec.max_length,
                                    padding=True, return_tensors="pt")
         else:
             batch = self.tokenizer(texts, truncation=True, max_length=self.spec.max_length, padding=True,
