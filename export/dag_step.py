@@ -50,6 +50,7 @@ class DAGStep(nn.Module):
         self.omega = dag.config.omega
         self.window = dag.config.max_predecessors
         self.hidden = dag.config.hidden
+        self.eval()  # the wrapper too: exporters restore the top module's mode on every submodule
 
     def predecessor_masks(self, speaker: torch.Tensor, window_speakers: torch.Tensor,
                           window_count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

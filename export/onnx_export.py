@@ -70,11 +70,20 @@ def _onnx_export(module: torch.nn.Module, args: tuple, path: Path, input_names, 
                  dynamic_axes: dict | None, opset: int) -> None:
     # The TorchScript exporter: it needs no onnxscript, and these graphs trace exactly (the DAG
     # step has no data-dependent Python control flow; the encoder is traced with padding).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
-                          input_names=list(input_names), output_names=list(output_names),
-                          dynamic_axes=dynamic_axes, do_constant_folding=True)
+    # torch.onnx.export traces in eval mode and afterwards calls module.train(<the top module's
+    # mode>), which would switch every submodule, including the shared, trained MultiDAG, back to
+    # training mode (dropout on) for the parity check and whoever uses the model next; restore
+    # each submodule's own mode instead.
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def export_dag_step(model: TrainedModel, path: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -396,6 +405,7 @@ def ensure_bundle(model_dir: str | Path, cache: str | Path | None = None, varian
     if target.exists():
         try:
             read_manifest(target, verify=True)
+            log.debug("using the cached bundle %s", target)
             return target
         except BundleError as err:
             log.warning("cached bundle unusable, exporting again: %s", err)
@@ -403,6 +413,9 @@ def ensure_bundle(model_dir: str | Path, cache: str | Path | None = None, varian
         from merc.stream.cli import example_dialogue
 
         parity_dialogues = example_dialogue()
+    log.info("first use of %s: exporting it to an ONNX bundle in %s (takes a minute; later runs reuse it)",
+             model_dir, target)
     export_bundle(model_dir, target, variants=["int8"] if variants is None else variants, corpus="jsonl",
                   data_dir=parity_dialogues, n_dialogues=0, force=True, threads=threads)
+    log.info("bundle cached at %s", target)
     return target

@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import add_config_arguments, load_config
+# Nothing here imports torch at module level: `merc-eval --bundle` scores a bundle with ONNX
+# Runtime only (the training stack is imported inside the commands that need it).
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -17,6 +18,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    from .config import add_config_arguments, load_config
+
     parser = argparse.ArgumentParser(
         prog="merc-train",
         description=(
@@ -55,26 +58,61 @@ def eval_main(argv: list[str] | None = None) -> int:
         description=(
             "Score a trained run on a corpus split, causally (each turn sees only itself and earlier turns). "
             "Prints accuracy, weighted F1 (support-weighted, as ERC papers report it), macro F1, per-class F1 "
-            "and the confusion matrix; writes RUN/eval-SPLIT/metrics.json, report.txt and confusion.png."),
+            "and the confusion matrix; writes RUN/eval-SPLIT/metrics.json, report.txt and confusion.png. "
+            "With --bundle BUNDLE instead of RUN, scores a serving bundle written by merc-export through ONNX "
+            "Runtime only (no torch): each dialogue is tracked turn by turn as merc-live serves it; the "
+            "reports go to BUNDLE/eval-SPLIT (BUNDLE/eval-SPLIT-PRECISION for int8/fp16)."),
+        epilog=("Examples: merc-eval runs/meld-s0 --split test;  "
+                "merc-eval --bundle bundles/meld-s0 --corpus meld --split test --precision int8"),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run", type=Path, help="run directory written by merc-train (or a model directory)")
+    parser.add_argument("run", type=Path, nargs="?", default=None,
+                        help="run directory written by merc-train (or a model directory); omit with --bundle")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="score this bundle (merc-export output) with ONNX Runtime instead of a run with PyTorch")
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split to score")
-    parser.add_argument("--corpus", help="corpus to score on (default: the one the run was trained on)")
-    parser.add_argument("--data-dir", help="corpus location (default: the run's, else $MERC_DATA, else ../shared/data)")
-    parser.add_argument("--out", type=Path, help="where to write the reports (default: RUN/eval-SPLIT)")
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu or cuda")
+    parser.add_argument("--corpus", help="corpus to score on (default: the one the run or the bundle's model was "
+                                         "trained on)")
+    parser.add_argument("--data-dir", help="corpus location (default: the run's, else $MERC_DATA, else ../shared/data); "
+                                           "for --corpus jsonl, the JSONL file")
+    parser.add_argument("--out", type=Path, help="where to write the reports (default: RUN/eval-SPLIT or "
+                                                 "BUNDLE/eval-SPLIT)")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu or cuda: the torch device, or with --bundle the ONNX Runtime execution "
+                             "provider (cuda needs onnxruntime-gpu)")
+    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                        help="with --bundle: which text encoder of the bundle to score")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="with --bundle: ONNX Runtime intra-op threads for the text encoder (default: one per core)")
+    parser.add_argument("--max-dialogues", type=int, default=None,
+                        help="with --bundle: score only the first N dialogues of the split (a quick check)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if (args.run is None) == (args.bundle is None):
+        parser.error("give a run directory or --bundle BUNDLE (one of them)")
+    if args.bundle is None and (args.precision != "fp32" or args.threads or args.max_dialogues):
+        parser.error("--precision, --threads and --max-dialogues apply to --bundle only")
     _setup_logging(False)
-    from .checkpoint import ModelError
     from .corpora import CorpusError
-    from .evaluate import evaluate_run
 
+    if args.bundle is not None:
+        from merc.export.bundle import BundleError
+        from merc.export.evaluate import evaluate_bundle
+
+        errors: tuple = (BundleError, CorpusError, OSError, ValueError)
+        run = lambda: evaluate_bundle(args.bundle, args.split, args.corpus, args.data_dir, args.out,  # noqa: E731
+                                      args.device, args.precision, args.threads, args.max_dialogues,
+                                      progress=not args.quiet)
+    else:
+        from .checkpoint import ModelError
+        from .evaluate import evaluate_run
+
+        errors = (ModelError, CorpusError, OSError, ValueError)
+        run = lambda: evaluate_run(args.run, args.split, args.corpus, args.data_dir, args.out,  # noqa: E731
+                                   args.device, progress=not args.quiet)
     try:
-        result = evaluate_run(args.run, args.split, args.corpus, args.data_dir, args.out, args.device,
-                              progress=not args.quiet)
-    except (ModelError, CorpusError, OSError, ValueError) as err:
+        result = run()
+    except errors as err:
         print(f"merc-eval: error: {err}", file=sys.stderr)
         return 2
     if args.json:
@@ -83,6 +121,9 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['corpus']} {result['split']}: {result['n']} turns in {result['dialogues']} dialogues (causal)")
+    if "engine" in result:
+        print(f"  bundle {result['bundle']}: ONNX Runtime ({result['execution_provider']}), text encoder "
+              f"{result['precision']}, {result['ms_per_turn']:.1f} ms per turn")
     print(f"  accuracy     {100 * result['accuracy']:6.2f}")
     print(f"  weighted F1  {100 * result['weighted_f1']:6.2f}")
     print(f"  macro F1     {100 * result['macro_f1']:6.2f}")

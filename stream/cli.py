@@ -3,6 +3,11 @@
 Until live capture lands, the conversation comes from a dialogue file (JSONL, the format of
 `merc.models.corpora`); with no argument, a bundled example dialogue is tracked with the
 bundled default model, so a fresh install shows the tracker working.
+
+Tracking is served from the model's ONNX bundle through ONNX Runtime (`merc.export.runtime`):
+the first use of a model directory exports its bundle into the cache (`ensure_bundle`), later
+runs reuse it. `--bundle DIR` serves an exported bundle directly without importing torch;
+`--engine torch` runs the PyTorch `DialogueTracker` instead, for comparison and debugging.
 """
 from __future__ import annotations
 
@@ -24,6 +29,52 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and False (those options' help says what happens without them)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _load_tracker(args):
+    """The tracker `args` ask for: a bundle on ONNX Runtime (exported first if needed) or PyTorch."""
+    if args.bundle is not None:  # no torch on this path
+        from merc.export.runtime import BundleTracker
+
+        return BundleTracker.load(args.bundle, device=args.device or "auto", precision=args.precision,
+                                  threads=args.threads)
+    from .tracker import DialogueTracker, default_model_dir
+
+    if args.engine == "torch":
+        device = args.device or "cpu"
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return DialogueTracker.load(args.model, device=device)
+    from merc.export.onnx_export import ensure_bundle
+    from merc.export.runtime import BundleTracker
+
+    bundle = ensure_bundle(args.model or default_model_dir(), threads=args.threads)
+    return BundleTracker.load(bundle, device=args.device or "auto", precision=args.precision, threads=args.threads)
+
+
+def _errors(args) -> tuple[type[BaseException], ...]:
+    from merc.export.bundle import BundleError
+    from merc.models.corpora import CorpusError
+
+    errors: tuple[type[BaseException], ...] = (BundleError, CorpusError, OSError)
+    if args.bundle is None:
+        from merc.export.onnx_export import ExportError
+        from merc.models.checkpoint import ModelError
+        from merc.models.text_encoder import EncoderError
+
+        errors += (ExportError, ModelError, EncoderError)
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="merc-live",
@@ -31,31 +82,53 @@ def main(argv: list[str] | None = None) -> int:
             "Track the emotion of each turn of a conversation given the conversation so far (causal: a turn "
             "never sees later turns). Each turn is embedded by the model's text encoder and added to the "
             "incremental dialogue graph with one step. Reads a JSONL dialogue file; with no file, tracks a "
-            "bundled example dialogue with the bundled default model (text only, MELD's 7 labels)."),
+            "bundled example dialogue with the bundled default model (text only, MELD's 7 labels). "
+            "Tracking runs on ONNX Runtime from the model's bundle (see merc-export): the first use of a "
+            "model directory exports its bundle into the cache ($MERC_CACHE or ~/.cache/merc)/bundles, "
+            "which takes a minute; later runs reuse it."),
         epilog=("Dialogue file format: one JSON object per line, {\"dialogue_id\": ..., \"utterances\": "
                 "[{\"speaker\": ..., \"text\": ..., \"emotion\"?: ...}]}; a gold \"emotion\" is shown beside "
-                "the prediction when present."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                "the prediction when present. Exit status: 0 tracked, 2 bad dialogue file, model or bundle."),
+        formatter_class=_HelpFormatter)
     parser.add_argument("--dialogue", type=Path, default=None,
                         help="JSONL dialogue file to track (default: the bundled example dialogue)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="model directory (a merc-train run; default: the bundled default model)")
+                        help="model directory (a merc-train run; default: the bundled default model); with "
+                             "--engine onnx its bundle is exported into the cache on first use")
+    parser.add_argument("--bundle", type=Path, default=None,
+                        help="serve this bundle (written by merc-export) directly with ONNX Runtime, without "
+                             "importing torch; replaces --model")
+    parser.add_argument("--engine", choices=("onnx", "torch"), default="onnx",
+                        help="onnx: the model's bundle on ONNX Runtime (as served); torch: the PyTorch "
+                             "DialogueTracker on the model directory (for comparison and debugging)")
+    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                        help="onnx engine: which text encoder of the bundle to run (cached bundles hold fp32 "
+                             "and int8; fp16 is for GPUs and needs merc-export --variants fp16)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnx engine: ONNX Runtime threads for the text encoder (default: one per core; the "
+                             "graph step always runs on one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per turn instead of a table")
-    parser.add_argument("--device", default="cpu", help="torch device for the encoder and the graph")
+    parser.add_argument("--device", default=None,
+                        help="onnx engine: auto (CUDA when onnxruntime-gpu offers it), cpu or cuda (default auto); "
+                             "torch engine: the torch device for the encoder and the graph (default cpu)")
     args = parser.parse_args(argv)
+    if args.bundle is not None and args.model is not None:
+        parser.error("give --model or --bundle, not both")
+    if args.bundle is not None and args.engine == "torch":
+        parser.error("--bundle serves with ONNX Runtime; --engine torch needs a model directory (--model)")
+    if args.engine == "torch" and (args.precision != "fp32" or args.threads):
+        parser.error("--precision and --threads apply to the onnx engine only")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("merc").setLevel(logging.INFO)  # say so when a first use exports a bundle, and where
 
-    from merc.models.checkpoint import ModelError
-    from merc.models.corpora import CorpusError, load_dialogues_jsonl
-    from merc.models.text_encoder import EncoderError
-
-    from .tracker import DialogueTracker
+    from merc.models.corpora import load_dialogues_jsonl
 
     path = args.dialogue or example_dialogue()
+    errors = _errors(args)
     try:
-        tracker = DialogueTracker.load(args.model, device=args.device)
         dialogues = load_dialogues_jsonl(path, None)
-    except (ModelError, EncoderError, CorpusError, OSError) as err:
+        tracker = _load_tracker(args)
+    except errors as err:
         print(f"merc-live: error: {err}", file=sys.stderr)
         return 2
     for dialogue in dialogues:

@@ -277,3 +277,69 @@ def test_cli_help_and_errors(tmp_path, capsys):
     assert "dag_step.onnx" in capsys.readouterr().out
     assert export_main([str(tmp_path / "no-run"), "-o", str(tmp_path / "b")]) == 2
     assert "model.json" in capsys.readouterr().err
+
+
+def test_export_leaves_the_model_in_eval_mode(tmp_path):
+    """torch.onnx.export restores the wrapper's mode on every submodule; a model with dropout must
+    come back in eval mode, or the parity check (and later use) runs with dropout on."""
+    from merc.export.onnx_export import export_dag_step
+    from merc.models.checkpoint import TrainedModel
+    from merc.models.dag import DAGConfig, MultiDAG
+    from merc.models.labels import LabelSet
+
+    dag = MultiDAG(DAGConfig(n_classes=3, hidden=8, dropout=0.5)).eval()
+    export_dag_step(TrainedModel(dag, LabelSet("abc", ("a", "b", "c")), "minilm", {}), tmp_path / DAG_FILE)
+    assert not any(m.training for m in dag.modules())
+
+
+# ---------------------------------------------------------------- merc-eval --bundle
+
+EVAL_BUNDLE = """
+import json, sys
+from merc.models.cli import eval_main
+code = eval_main(["--bundle", sys.argv[1], "--corpus", "jsonl", "--data-dir", sys.argv[2], "--split", "test",
+                  "--out", sys.argv[3], "--device", "cpu", "--threads", "1", "--quiet", "--json"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+def test_eval_bundle_scores_like_the_torch_evaluation_without_torch(bundle, run_dir, data_dir, tmp_path):
+    from merc.models.evaluate import evaluate_run
+
+    lines = [json.dumps({"dialogue_id": d.id, "split": "test", "utterances": [
+        {"speaker": u.speaker, "text": u.text, "emotion": u.label} for u in d.utterances]})
+        for d in load_corpus("meld", data_dir, "test")[:4]]
+    dialogues = tmp_path / "test.jsonl"
+    dialogues.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-c", EVAL_BUNDLE, str(bundle), str(dialogues), str(tmp_path / "ort")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout.splitlines()[-1])
+    assert status == {"code": 0, "heavy": []}
+    served = json.loads((tmp_path / "ort" / "metrics.json").read_text())
+    assert (tmp_path / "ort" / "report.txt").exists() and (tmp_path / "ort" / "confusion.png").exists()
+    expected = evaluate_run(run_dir, "test", "jsonl", str(dialogues), tmp_path / "torch", "cpu", progress=False)
+    assert served["engine"] == "onnxruntime" and served["dialogues"] == 4
+    assert served["n"] == expected["n"] == sum(len(json.loads(line)["utterances"]) for line in lines)
+    for key in ("accuracy", "weighted_f1", "macro_f1", "confusion_matrix", "labels", "per_class_f1"):
+        assert served[key] == expected[key], key
+    assert abs(served["loss"] - expected["loss"]) <= 1e-3
+
+
+def test_eval_bundle_errors(bundle, tmp_path, capsys):
+    from merc.models.cli import eval_main
+
+    with pytest.raises(SystemExit):
+        eval_main([])  # neither a run nor --bundle
+    with pytest.raises(SystemExit):
+        eval_main(["some-run", "--bundle", str(bundle)])
+    capsys.readouterr()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"dialogue_id": "x", "split": "test", "utterances": [
+        {"speaker": "A", "text": "Hi", "emotion": "hap"}]}) + "\n")
+    assert eval_main(["--bundle", str(bundle), "--corpus", "jsonl", "--data-dir", str(bad), "--out",
+                      str(tmp_path / "o"), "--quiet"]) == 2
+    assert "'hap'" in capsys.readouterr().err
+    assert eval_main(["--bundle", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "bundle directory not found" in capsys.readouterr().err

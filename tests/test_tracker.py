@@ -3,6 +3,7 @@ dialogues, and the main command runs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,88 @@ def test_main_command_json_output_and_bad_input(tmp_path):
 def test_every_command_explains_itself(command):
     out = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and len(out.stdout) > 400
+
+
+# ---------------------------------------------------------------- serving engines of merc-live
+
+SERVE_BUNDLE = """
+import contextlib, io, json, sys
+from merc.stream.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = main(["--bundle", sys.argv[1], "--json", "--device", "cpu"])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"code": code, "turns": [json.loads(line) for line in out.getvalue().splitlines()], "heavy": heavy}))
+"""
+
+
+@pytest.fixture(scope="module")
+def default_bundle():
+    """The bundled default model's bundle, as merc-live serves it (exported into the cache once)."""
+    from merc.export.onnx_export import ensure_bundle
+
+    return ensure_bundle(default_model_dir())
+
+
+def _example_turns():
+    from merc.stream.cli import example_dialogue
+
+    dialogue = json.loads(example_dialogue().read_text().splitlines()[0])
+    return [(u["speaker"], u["text"]) for u in dialogue["utterances"]]
+
+
+def test_main_command_serves_a_bundle_without_torch(default_bundle, tracker):
+    proc = subprocess.run([sys.executable, "-c", SERVE_BUNDLE, str(default_bundle)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    served = json.loads(proc.stdout.splitlines()[-1])
+    assert served["code"] == 0 and served["heavy"] == []
+    turns = _example_turns()
+    assert [(t["speaker"], t["text"]) for t in served["turns"]] == turns
+    tracker.reset()
+    for (speaker, text), got in zip(turns, served["turns"]):
+        expected = tracker.track(speaker, text)
+        assert max(abs(got["probs"][k] - v) for k, v in expected.probs.items()) <= 1e-4
+        assert got["label"] == expected.label
+
+
+def test_engines_agree_and_bad_engine_options_are_refused(default_bundle):
+    runs = {}
+    for engine in ("onnx", "torch"):
+        out = subprocess.run([sys.executable, "-m", "merc.stream.cli", "--engine", engine, "--json"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        runs[engine] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(runs["onnx"]) == len(runs["torch"]) == 12
+    for a, b in zip(runs["onnx"], runs["torch"]):
+        assert a["label"] == b["label"] and max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) <= 1e-4
+    for bad in (["--bundle", str(default_bundle), "--engine", "torch"],
+                ["--bundle", str(default_bundle), "--model", str(default_model_dir())]):
+        out = subprocess.run([sys.executable, "-m", "merc.stream.cli", *bad], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 2 and "--bundle" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "merc.stream.cli", "--bundle", str(default_bundle) + "-missing"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "bundle directory not found" in out.stderr
+
+
+def test_first_use_export_is_logged_with_the_cache_location(tmp_path):
+    env = {**os.environ, "MERC_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run([sys.executable, "-m", "merc.stream.cli", "--model", str(default_model_dir())],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "turns match the gold labels" in first.stdout
+    bundles = list((tmp_path / "cache" / "bundles").iterdir())
+    assert len(bundles) == 1 and bundles[0].name.startswith("default-")
+    assert "INFO" in first.stderr and "first use" in first.stderr and f"bundle cached at {bundles[0]}" in first.stderr
+    again = subprocess.run([sys.executable, "-m", "merc.stream.cli"], capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert again.returncode == 0, again.stderr
+    assert "first use" not in again.stderr and _same_table(again.stdout, first.stdout)
+
+
+def _same_table(a: str, b: str) -> bool:
+    """Equal tables apart from the per-turn milliseconds (the last column)."""
+    strip = lambda text: [line.rsplit(None, 1)[0] if line[:3].strip().isdigit() else line  # noqa: E731
+                          for line in text.splitlines()]
+    return strip(a) == strip(b)
