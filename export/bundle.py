@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from merc.models.paths import cache_dir
+
 from .turns import turn_inputs
+
+log = logging.getLogger(__name__)
 
 FORMAT = "merc-bundle"
 FORMAT_VERSION = 1
@@ -169,3 +174,46 @@ class TurnTokenizer:
             batch["attention_mask"][row, :n] = e.attention_mask
             batch["token_type_ids"][row, :n] = e.type_ids
         return batch
+
+
+def model_key(model_dir: str | Path) -> str:
+    """A key for the bundle of `model_dir`: sha256 over its model files and the bundle format.
+
+    Covers model.json, model.safetensors and encoder/* (the fine-tuned encoder's spec and delta,
+    whose spec pins the base weights' id); a base encoder given by hub id or the packaged MiniLM
+    is identified by that id in model.json (the packaged MiniLM is sha256-checked on extraction).
+    """
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}".encode())
+    files = [model_dir / "model.json", model_dir / "model.safetensors"]
+    if (model_dir / "encoder").is_dir():
+        files += sorted(p for p in (model_dir / "encoder").rglob("*") if p.is_file())
+    for path in files:
+        if path.exists():
+            digest.update(path.relative_to(model_dir).as_posix().encode())
+            digest.update(sha256_file(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def bundle_cache_dir() -> Path:
+    return cache_dir() / "bundles"
+
+
+def bundle_path(model_dir: Path, cache: str | Path | None = None) -> Path:
+    """Where the bundle of `model_dir` lives in the cache: CACHE/bundles/<name>-<model_key>."""
+    root = Path(cache) if cache else bundle_cache_dir()
+    return root / f"{Path(model_dir).resolve().name}-{model_key(model_dir)}"
+
+
+def cached_bundle(model_dir: Path, cache: str | Path | None = None) -> Path | None:
+    """The cached bundle of `model_dir` if it exists and every checksum verifies (no torch needed)."""
+    target = bundle_path(model_dir, cache)
+    if not target.exists():
+        return None
+    try:
+        read_manifest(target, verify=True)
+    except BundleError as err:
+        log.warning("cached bundle unusable, exporting again: %s", err)
+        return None
+    log.debug("using the cached bundle %s", target)
+    return target

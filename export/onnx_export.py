@@ -35,7 +35,7 @@ from merc.models.text_encoder import TextEncoder, turn_inputs
 from merc.stream.tracker import DialogueTracker
 
 from .bundle import (DAG_FILE, ENCODER_FILES, ENCODER_INPUTS, ENCODER_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST_FILE,
-                     TOKENIZER_FILE, sha256_file)
+                     TOKENIZER_FILE, bundle_path, cached_bundle, model_key, sha256_file)
 from .dag_step import INPUT_NAMES, OUTPUT_NAMES, DAGStep
 
 log = logging.getLogger(__name__)
@@ -363,31 +363,6 @@ def export_bundle(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPS
 # ---------------------------------------------------------------- bundles materialised on demand
 
 
-def model_key(model_dir: str | Path) -> str:
-    """A key for the bundle of `model_dir`: sha256 over its model files and the bundle format.
-
-    Covers model.json, model.safetensors and encoder/* (the fine-tuned encoder's spec and delta,
-    whose spec pins the base weights' id); a base encoder given by hub id or the packaged MiniLM
-    is identified by that id in model.json (the packaged MiniLM is sha256-checked on extraction).
-    """
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}".encode())
-    files = [model_dir / "model.json", model_dir / "model.safetensors"]
-    if (model_dir / "encoder").is_dir():
-        files += sorted(p for p in (model_dir / "encoder").rglob("*") if p.is_file())
-    for path in files:
-        if path.exists():
-            digest.update(path.relative_to(model_dir).as_posix().encode())
-            digest.update(sha256_file(path).encode())
-    return digest.hexdigest()[:16]
-
-
-def bundle_cache_dir() -> Path:
-    from merc.models.text_encoder import cache_dir
-
-    return cache_dir() / "bundles"
-
-
 def ensure_bundle(model_dir: str | Path, cache: str | Path | None = None, variants: list[str] | None = None,
                   parity_dialogues: str | Path | None = None, threads: int | None = None) -> Path:
     """The bundle of a model directory, exported into the cache the first time it is needed.
@@ -397,18 +372,10 @@ def ensure_bundle(model_dir: str | Path, cache: str | Path | None = None, varian
     checksum verify. The first export checks parity on `parity_dialogues` (a JSONL dialogue file;
     default: the example dialogue shipped with merc-live), since corpora are not on users' machines.
     """
-    from .bundle import BundleError, read_manifest
-
     model_dir = Path(model_dir)
-    root = Path(cache) if cache else bundle_cache_dir()
-    target = root / f"{model_dir.resolve().name}-{model_key(model_dir)}"
-    if target.exists():
-        try:
-            read_manifest(target, verify=True)
-            log.debug("using the cached bundle %s", target)
-            return target
-        except BundleError as err:
-            log.warning("cached bundle unusable, exporting again: %s", err)
+    target = bundle_path(model_dir, cache)
+    if cached_bundle(model_dir, cache) is not None:
+        return target
     if parity_dialogues is None:
         from merc.stream.cli import example_dialogue
 

@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
+from .paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -40,12 +42,6 @@ DELTA_FILE = "finetuned.safetensors"
 
 class EncoderError(RuntimeError):
     """An encoder could not be found or loaded; the message says where it looked."""
-
-
-def cache_dir() -> Path:
-    """Where merc keeps extracted weights and embedding caches (``MERC_CACHE`` overrides)."""
-    root = os.environ.get("MERC_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "merc"
-    return Path(root)
 
 
 def sha256_file(path: Path) -> str:

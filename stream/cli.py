@@ -45,34 +45,42 @@ def _load_tracker(args):
 
         return BundleTracker.load(args.bundle, device=args.device or "auto", precision=args.precision,
                                   threads=args.threads)
-    from .tracker import DialogueTracker, default_model_dir
+    from merc.models.paths import default_model_dir
 
+    model_dir = args.model or default_model_dir()
     if args.engine == "torch":
+        from .tracker import DialogueTracker
+
         device = args.device or "cpu"
         if device == "auto":
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return DialogueTracker.load(args.model, device=device)
-    from merc.export.onnx_export import ensure_bundle
+    from merc.export.bundle import cached_bundle
     from merc.export.runtime import BundleTracker
 
-    bundle = ensure_bundle(args.model or default_model_dir(), threads=args.threads)
+    bundle = cached_bundle(model_dir)  # torch is imported only when the bundle must be exported
+    if bundle is None:
+        from merc.export.onnx_export import ensure_bundle
+
+        bundle = ensure_bundle(model_dir, threads=args.threads)
     return BundleTracker.load(bundle, device=args.device or "auto", precision=args.precision, threads=args.threads)
 
 
-def _errors(args) -> tuple[type[BaseException], ...]:
+def _is_input_error(err: BaseException) -> bool:
+    """Errors that mean bad input (a file, a model, a bundle), reported in one line. The torch-side
+    error types are looked up only if their modules were loaded, so serving a cached bundle never
+    imports torch just to name them."""
     from merc.export.bundle import BundleError
     from merc.models.corpora import CorpusError
 
-    errors: tuple[type[BaseException], ...] = (BundleError, CorpusError, OSError)
-    if args.bundle is None:
-        from merc.export.onnx_export import ExportError
-        from merc.models.checkpoint import ModelError
-        from merc.models.text_encoder import EncoderError
-
-        errors += (ExportError, ModelError, EncoderError)
-    return errors
+    kinds: list[type[BaseException]] = [BundleError, CorpusError, OSError]
+    for module, name in (("merc.export.onnx_export", "ExportError"), ("merc.models.checkpoint", "ModelError"),
+                         ("merc.models.text_encoder", "EncoderError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(err, tuple(kinds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     from merc.models.corpora import load_dialogues_jsonl
 
     path = args.dialogue or example_dialogue()
-    errors = _errors(args)
     try:
         dialogues = load_dialogues_jsonl(path, None)
         tracker = _load_tracker(args)
-    except errors as err:
+    except Exception as err:
+        if not _is_input_error(err):
+            raise
         print(f"merc-live: error: {err}", file=sys.stderr)
         return 2
     for dialogue in dialogues:

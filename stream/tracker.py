@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from merc.models.checkpoint import TrainedModel, load_model
+from merc.models.paths import default_model_dir
 from merc.models.dag import MODALITIES, UNKNOWN_SPEAKER, DAGState
 from merc.models.text_encoder import TextEncoder, turn_inputs
-
-
-def default_model_dir() -> Path:
-    """The bundled default model: text only, MELD's 7 labels."""
-    return Path(str(resources.files("merc.models") / "default"))
 
 
 @dataclass(frozen=True)

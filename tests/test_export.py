@@ -139,7 +139,8 @@ from merc.export.runtime import BundleTracker
 tracker = BundleTracker.load(sys.argv[1], device="cpu", threads=1)
 turns = json.loads(sys.argv[2])
 out = [tracker.track(s, t).probs for s, t in turns]
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") or m.startswith("merc.models"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")
+               or (m.startswith("merc.models") and m not in ("merc.models", "merc.models.paths")))
 print(json.dumps({"probs": out, "heavy": heavy, "labels": list(tracker.labels)}))
 """
 

@@ -183,3 +183,12 @@ def _same_table(a: str, b: str) -> bool:
     strip = lambda text: [line.rsplit(None, 1)[0] if line[:3].strip().isdigit() else line  # noqa: E731
                           for line in text.splitlines()]
     return strip(a) == strip(b)
+
+
+def test_main_command_serves_a_cached_bundle_without_torch():
+    """Once the default model's bundle is in the cache, merc-live imports neither torch nor transformers."""
+    subprocess.run([sys.executable, "-m", "merc.stream.cli"], capture_output=True, text=True, timeout=600, check=True)
+    code = ("import sys; from merc.stream.cli import main; rc = main([]); "
+            "assert rc == 0; assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
