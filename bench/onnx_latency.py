@@ -28,15 +28,14 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-
+from merc.export.bundle import read_manifest
 from merc.export.onnx_export import ensure_bundle
 from merc.export.runtime import DAGStepSession, TextEncoderSession
-from merc.export.bundle import read_manifest
 from merc.models.checkpoint import load_model
-from merc.models.corpora import load_corpus, resolve_data_dir, load_dialogues_jsonl
-from merc.models.text_encoder import TextEncoder, turn_inputs
+from merc.models.corpora import load_corpus, load_dialogues_jsonl, resolve_data_dir
+from merc.models.text_encoder import TextEncoder
+from merc.models.turns import turn_inputs
 from merc.stream.cli import example_dialogue
 from merc.stream.tracker import default_model_dir
 

@@ -14,7 +14,6 @@ import statistics
 import time
 
 import torch
-
 from merc.models.checkpoint import load_model
 from merc.stream.tracker import default_model_dir
 

@@ -18,9 +18,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from merc.models.paths import cache_dir
-
-from .turns import turn_inputs
+from merc.models.paths import cache_dir, sha256_file
+from merc.models.turns import turn_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,6 @@ ENCODER_OUTPUT = "embedding"
 
 class BundleError(RuntimeError):
     """A bundle is missing, incomplete, corrupt or inconsistent; the message names the file."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ The audio and face projections (`MultiDAG.node_input`) are inside this graph.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from merc.models.dag import MODALITIES, UNKNOWN_SPEAKER, MultiDAG
+from torch import nn
 
 INPUT_NAMES = ("text", "audio", "face", "mask", "speaker", "window_speakers", "window_states", "window_count")
 OUTPUT_NAMES = ("probs", "new_window_speakers", "new_window_states", "new_window_count")

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -27,15 +26,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from merc.models.checkpoint import TrainedModel, load_model
 from merc.models.corpora import corpus_label_set, load_corpus, resolve_data_dir
 from merc.models.dag import MODALITIES
-from merc.models.text_encoder import TextEncoder, turn_inputs
+from merc.models.text_encoder import TextEncoder
+from merc.models.turns import turn_inputs
 from merc.stream.tracker import DialogueTracker
 
-from .bundle import (DAG_FILE, ENCODER_FILES, ENCODER_INPUTS, ENCODER_OUTPUT, FORMAT, FORMAT_VERSION, MANIFEST_FILE,
-                     TOKENIZER_FILE, bundle_path, cached_bundle, model_key, sha256_file)
+from .bundle import (
+    DAG_FILE,
+    ENCODER_FILES,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    TOKENIZER_FILE,
+    bundle_path,
+    cached_bundle,
+    sha256_file,
+)
 from .dag_step import INPUT_NAMES, OUTPUT_NAMES, DAGStep
 
 log = logging.getLogger(__name__)

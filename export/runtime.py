@@ -18,9 +18,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from merc.models.turns import MODALITIES, UNKNOWN_SPEAKER, TurnResult
 
-from .bundle import DAG_FILE, ENCODER_INPUTS, ENCODER_OUTPUT, BundleError, Manifest, TurnTokenizer, read_manifest
-from .turns import MODALITIES, UNKNOWN_SPEAKER, TurnResult
+from .bundle import (
+    DAG_FILE,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+    BundleError,
+    Manifest,
+    TurnTokenizer,
+    read_manifest,
+)
 
 DAG_INPUTS = ("text", "audio", "face", "mask", "speaker", "window_speakers", "window_states", "window_count")
 DAG_OUTPUTS = ("probs", "new_window_speakers", "new_window_states", "new_window_count")

@@ -28,8 +28,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-MODALITIES = ("text", "audio", "face")
-UNKNOWN_SPEAKER = -1
+from .turns import MODALITIES, UNKNOWN_SPEAKER
 
 
 @dataclass(frozen=True)

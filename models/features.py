@@ -11,7 +11,8 @@ from .corpora import Dialogue
 from .dag import MODALITIES
 from .embedding_cache import EmbeddingCache, encode_cached
 from .labels import LabelSet
-from .text_encoder import TextEncoder, turn_inputs
+from .text_encoder import TextEncoder
+from .turns import turn_inputs
 
 
 @dataclass

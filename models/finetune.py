@@ -21,7 +21,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from .corpora import Dialogue
 from .labels import LabelSet
-from .text_encoder import MINILM_ID, TextEncoder, turn_inputs
+from .text_encoder import MINILM_ID, TextEncoder
+from .turns import turn_inputs
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""Where merc keeps things, importable without torch (serving uses it too)."""
+"""Where merc keeps things and how files are checksummed, importable without torch (serving uses it)."""
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -15,3 +16,12 @@ def cache_dir() -> Path:
 def default_model_dir() -> Path:
     """The bundled default model: text only, MELD's 7 labels."""
     return Path(str(resources.files("merc.models") / "default"))
+
+
+def sha256_file(path: Path) -> str:
+    """Checksum of a file, read in blocks (weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import zipfile
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
-from .paths import cache_dir
+from .paths import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,6 @@ DELTA_FILE = "finetuned.safetensors"
 
 class EncoderError(RuntimeError):
     """An encoder could not be found or loaded; the message says where it looked."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _minilm_from_package() -> Path | None:
@@ -95,19 +86,6 @@ class EncoderSpec:
     context_turns: int = 0  # previous turns given to the encoder as a second segment
     max_length: int = 128
     delta_sha256: str | None = None  # checksum of the fine-tuned parameters, when fine-tuned
-
-
-def turn_inputs(texts: Sequence[str], context_turns: int) -> list[tuple[str, str]]:
-    """(turn text, context) for each turn of a dialogue, using only earlier turns (causal).
-
-    Context is the previous `context_turns` texts, most recent first, so that truncation
-    drops the oldest turns first.
-    """
-    inputs = []
-    for i, text in enumerate(texts):
-        previous = texts[max(0, i - context_turns):i][::-1] if context_turns else []
-        inputs.append((text, " | ".join(previous)))
-    return inputs
 
 
 class TextEncoder(torch.nn.Module):

@@ -7,29 +7,14 @@ at turn 1000.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from merc.models.checkpoint import TrainedModel, load_model
-from merc.models.paths import default_model_dir
 from merc.models.dag import MODALITIES, UNKNOWN_SPEAKER, DAGState
-from merc.models.text_encoder import TextEncoder, turn_inputs
-
-
-@dataclass(frozen=True)
-class TurnResult:
-    """The tracker's verdict on one turn."""
-
-    index: int
-    speaker: str | None
-    text: str
-    label: str
-    confidence: float
-    probs: dict[str, float]
-    modalities: tuple[str, ...]
-    timings_ms: dict[str, float]
+from merc.models.paths import default_model_dir
+from merc.models.text_encoder import TextEncoder
+from merc.models.turns import TurnResult, turn_inputs
 
 
 class DialogueTracker:

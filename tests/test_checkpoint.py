@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-
 from merc.models.checkpoint import ModelError, load_model, save_model
 from merc.models.dag import DAGConfig, MultiDAG
 from merc.models.labels import MELD7

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from merc.models.corpora import (
     CORPORA,
     SPLITS,

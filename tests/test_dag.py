@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import torch
-
-from merc.models.dag import MODALITIES, UNKNOWN_SPEAKER, DAGConfig, MultiDAG, predecessors
+from merc.models.dag import (
+    MODALITIES,
+    UNKNOWN_SPEAKER,
+    DAGConfig,
+    MultiDAG,
+    predecessors,
+)
 
 
 def test_predecessors_walk_back_to_the_omega_th_turn_of_the_same_speaker():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from merc.models.corpora import load_corpus
 from merc.models.embedding_cache import EmbeddingCache, encode_cached
 from merc.models.finetune import FinetuneConfig, finetune_text_encoder
 from merc.models.labels import MELD7
-from merc.models.text_encoder import MINILM_ID, EncoderError, TextEncoder, turn_inputs
+from merc.models.text_encoder import MINILM_ID, EncoderError, TextEncoder
+from merc.models.turns import turn_inputs
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from merc.models.checkpoint import ModelError, load_model
 from merc.models.corpora import load_corpus
 from merc.models.features import collate, text_features
