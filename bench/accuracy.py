@@ -11,8 +11,10 @@ without it, each seed runs the config as it is (fine-tuning its own encoder if t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def main() -> None:
         if args.encoder:
             options += ["--encoder", args.encoder, "--finetune", "false"]
         started = time.time()
-        if train_main(options) != 0:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON result
+            code = train_main(options)
+        if code != 0:
             raise SystemExit(f"training seed {seed} failed")
         train_seconds = time.time() - started
         test = evaluate_run(run, "test", progress=False)
