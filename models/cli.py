@@ -29,7 +29,7 @@ def train_main(argv: list[str] | None = None) -> int:
             "config.json, model.json + model.safetensors, encoder/ (if fine-tuned), metrics.json, "
             "valid_report.txt, valid_confusion.png, curves.png."),
         epilog="Example: merc-train --config models/configs/meld.toml --seed 1 --out runs/meld-s1",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        )
     parser.add_argument("--config", type=Path, help="TOML file of training options (keys as below, with underscores)")
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -12,15 +12,16 @@ from pathlib import Path
 from .text_encoder import MINILM_ID
 
 
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _opt(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (written to the run directory as config.json)."""
 
-    corpus: str = _opt("meld", "corpus: meld, iemocap (the ERC JSONL), iemocap-release (official layout) or jsonl (your own dialogues)")
+    corpus: str = _opt("meld", "corpus: meld, iemocap (the ERC JSONL), iemocap-release (official layout) or jsonl (your own dialogues)",
+                       ("meld", "iemocap", "iemocap-release", "jsonl"))
     data_dir: str | None = _opt(None, "corpus location (default: $MERC_DATA, else ../shared/data); for jsonl, the file")
     label_set: str | None = _opt(None, "label set for jsonl corpora: meld-7 or iemocap-6 (others use their own)")
     encoder: str = _opt(MINILM_ID, "text encoder: hub id, local model dir, or a fine-tuned encoder dir (a run's encoder/)")
@@ -46,7 +47,7 @@ class TrainConfig:
     drop_audio: float = _opt(0.0, "modality dropout: probability a turn's audio is hidden in training")
     drop_face: float = _opt(0.0, "modality dropout: probability a turn's face is hidden in training")
     seed: int = _opt(0, "random seed")
-    device: str = _opt("auto", "torch device: auto (cuda when present), cpu, cuda")
+    device: str = _opt("auto", "torch device: auto (cuda when present), cpu, cuda", ("auto", "cpu", "cuda"))
     cache_dir: str | None = _opt(None, "embedding cache directory (default: $MERC_CACHE or ~/.cache/merc)")
 
     def to_dict(self) -> dict:
@@ -69,7 +70,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if str(f.type) in ("str | None",):
             kind = str
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                           help=f"{f.metadata['help']} (default: {f.default})")
+                           choices=f.metadata["choices"], help=f"{f.metadata['help']} (default: {f.default})")
 
 
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:
