@@ -28,8 +28,7 @@ def train_main(argv: list[str] | None = None) -> int:
             "the epoch with the best validation weighted F1 (the test split is never read). Writes RUN/: "
             "config.json, model.json + model.safetensors, encoder/ (if fine-tuned), metrics.json, "
             "valid_report.txt, valid_confusion.png, curves.png."),
-        epilog="Example: merc-train --config models/configs/meld.toml --seed 1 --out runs/meld-s1",
-        )
+        epilog="Example: merc-train --config models/configs/meld.toml --seed 1 --out runs/meld-s1")
     parser.add_argument("--config", type=Path, help="TOML file of training options (keys as below, with underscores)")
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
