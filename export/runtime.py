@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from merc.models.turns import MODALITIES, UNKNOWN_SPEAKER, TurnResult
+from merc.models.turns import MODALITIES, UNKNOWN_SPEAKER, ConversationSoFar, TurnResult
 
 from .bundle import (
     DAG_FILE,
@@ -192,33 +192,17 @@ class BundleTracker:
     def reset(self) -> None:
         """Forget the conversation: the next turn starts a new dialogue."""
         self.dag.reset()
-        self._speakers: dict[str, int] = {}
-        self._recent_texts: list[str] = []
-        self._turns = 0
-
-    def _speaker_id(self, speaker: str | None) -> int:
-        if speaker is None:
-            return UNKNOWN_SPEAKER
-        return self._speakers.setdefault(speaker, len(self._speakers))
+        self._so_far = ConversationSoFar(self.encoder.tokenizer.context_turns)
 
     def track(self, speaker: str | None, text: str) -> TurnResult:
         """Add a turn (speaker may be None when unknown) and return its emotion."""
         started = time.perf_counter()
-        context_turns = self.encoder.tokenizer.context_turns
-        has_text = bool(text.strip())
         features = {}
-        if has_text:
-            features["text"] = self.encoder([self.encoder.tokenizer.turn_input(self._recent_texts, text)])[0]
+        if text.strip():
+            features["text"] = self.encoder([self._so_far.encoder_input(text)])[0]
         encoded = time.perf_counter()
-        probs = self.dag.step(features, self._speaker_id(speaker))
+        probs = self.dag.step(features, self._so_far.speaker_id(speaker))
         done = time.perf_counter()
-        if context_turns:
-            self._recent_texts = (self._recent_texts + [text])[-context_turns:]
-        values = [float(p) for p in probs]
-        best = max(range(len(values)), key=values.__getitem__)
-        result = TurnResult(
-            index=self._turns, speaker=speaker, text=text, label=self.labels[best], confidence=values[best],
-            probs=dict(zip(self.labels, values)), modalities=tuple(m for m in MODALITIES if m in features),
-            timings_ms={"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
-        self._turns += 1
-        return result
+        return self._so_far.result(speaker, text, self.labels, [float(p) for p in probs],
+                                   tuple(m for m in MODALITIES if m in features),
+                                   {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})

@@ -35,3 +35,37 @@ def turn_inputs(texts: Sequence[str], context_turns: int) -> list[tuple[str, str
         previous = texts[max(0, i - context_turns):i][::-1] if context_turns else []
         inputs.append((text, " | ".join(previous)))
     return inputs
+
+
+class ConversationSoFar:
+    """What a tracker keeps of the conversation besides the graph state: speaker ids in order of
+    first appearance, the last few transcripts (the encoder's context) and the turn count.
+    Shared by the PyTorch tracker and ONNX serving so both build identical inputs."""
+
+    def __init__(self, context_turns: int) -> None:
+        self.context_turns = context_turns
+        self.speakers: dict[str, int] = {}
+        self.recent_texts: list[str] = []
+        self.turns = 0
+
+    def speaker_id(self, speaker: str | None) -> int:
+        """A dialogue-local id; None (unknown) maps to UNKNOWN_SPEAKER."""
+        if speaker is None:
+            return UNKNOWN_SPEAKER
+        return self.speakers.setdefault(speaker, len(self.speakers))
+
+    def encoder_input(self, text: str) -> tuple[str, str]:
+        """(text, context) of a new turn, from the earlier turns only."""
+        return turn_inputs(self.recent_texts + [text], self.context_turns)[-1]
+
+    def result(self, speaker: str | None, text: str, labels: Sequence[str], probs: Sequence[float],
+               modalities: tuple[str, ...], timings_ms: dict[str, float]) -> TurnResult:
+        """Record the turn and return its result (the most probable label and its confidence)."""
+        best = max(range(len(probs)), key=probs.__getitem__)
+        result = TurnResult(index=self.turns, speaker=speaker, text=text, label=labels[best],
+                            confidence=float(probs[best]), probs=dict(zip(labels, map(float, probs))),
+                            modalities=modalities, timings_ms=timings_ms)
+        if self.context_turns:
+            self.recent_texts = (self.recent_texts + [text])[-self.context_turns:]
+        self.turns += 1
+        return result
