@@ -175,12 +175,13 @@ class MultiDAG(nn.Module):
         spk = speakers.tolist()
         for row in range(b):
             for i in range(t):
-                s_i, same_row, valid_row = self._window(spk[row][:i][::-1], spk[row][i])
+                same_row, valid_row = self._window(spk[row][max(0, i - w):i][::-1], spk[row][i])
                 same[row, i] = torch.tensor(same_row)
                 valid[row, i] = torch.tensor(valid_row)
         return same.to(speakers.device), valid.to(speakers.device)
 
-    def _window(self, previous: Sequence[int], speaker: int) -> tuple[int, list[bool], list[bool]]:
+    def _window(self, previous: Sequence[int], speaker: int) -> tuple[list[bool], list[bool]]:
+        """Per window slot (1 back .. W back): same speaker, and is a predecessor."""
         w = self.config.max_predecessors
         offsets = predecessors(previous, speaker, self.config.omega, w)
         valid = [False] * w
@@ -188,7 +189,7 @@ class MultiDAG(nn.Module):
         for back in offsets:
             valid[back - 1] = True
             same[back - 1] = speaker != UNKNOWN_SPEAKER and previous[back - 1] == speaker
-        return speaker, same, valid
+        return same, valid
 
     def initial_state(self) -> DAGState:
         return DAGState()
@@ -199,7 +200,7 @@ class MultiDAG(nn.Module):
         Returns class probabilities (C,) and the state including this turn."""
         w = self.config.max_predecessors
         h0 = self.node_input({m: x.unsqueeze(0) for m, x in features.items()}, mask.unsqueeze(0))
-        _, same, valid = self._window(state.speakers, speaker)
+        same, valid = self._window(state.speakers, speaker)
         zero = h0.new_zeros(1, w, 1 + 2 * self.config.hidden)
         preds = []
         for k, layer in enumerate(self.layers):
