@@ -60,6 +60,12 @@ class Manifest:
     def file(self, name: str) -> Path:
         return self.bundle_dir / name
 
+    @property
+    def trained_modalities(self) -> tuple[str, ...]:
+        """The modalities the model learned from (its corpus had them); serving feeds only these.
+        Bundles that do not say are text models."""
+        return tuple(self.raw.get("source", {}).get("modalities", ["text"]))
+
     def encoder_file(self, precision: str) -> Path:
         variants = self.encoder["files"]
         if precision not in variants:

@@ -194,12 +194,24 @@ class BundleTracker:
         self.dag.reset()
         self._so_far = ConversationSoFar(self.encoder.tokenizer.context_turns)
 
-    def track(self, speaker: str | None, text: str) -> TurnResult:
-        """Add a turn (speaker may be None when unknown) and return its emotion."""
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this model reads (the others are always passed as missing)."""
+        return self.manifest.trained_modalities
+
+    def track(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None = None) -> TurnResult:
+        """Add a turn (speaker may be None when unknown) and return its emotion.
+
+        `extra` holds the turn's audio and face vectors when they were observed; a modality the
+        model was not trained on is ignored, and an absent one is marked missing.
+        """
         started = time.perf_counter()
         features = {}
-        if text.strip():
+        if text.strip() and "text" in self.modalities:
             features["text"] = self.encoder([self._so_far.encoder_input(text)])[0]
+        for name, vector in (extra or {}).items():
+            if name in self.modalities and name != "text" and vector is not None:
+                features[name] = vector
         encoded = time.perf_counter()
         probs = self.dag.step(features, self._so_far.speaker_id(speaker))
         done = time.perf_counter()

@@ -165,7 +165,10 @@ def run_training(config: TrainConfig, run_dir: Path, progress: bool = True) -> d
     fit_started = time.time()
     dag, history = train_dag(config, train_f, valid_f, label_set, dims, progress=progress)
     fit_seconds = time.time() - fit_started
-    save_model(run_dir, dag, label_set, encoder_ref, {"corpus": config.corpus, "modalities": list(MODALITIES)})
+    # The modalities the graph actually learned from: serving feeds only these (an untrained
+    # projection would turn a present modality into noise), whatever else it could accept.
+    trained = [m for m in MODALITIES if any(m in d.features for d in train_f)]
+    save_model(run_dir, dag, label_set, encoder_ref, {"corpus": config.corpus, "modalities": trained})
 
     gold, pred, _, _ = predict(dag, valid_f, pick_device(config.device))
     valid_scores = scores(gold, pred, label_set)
