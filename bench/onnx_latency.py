@@ -36,7 +36,7 @@ from merc.models.checkpoint import load_model
 from merc.models.corpora import load_corpus, load_dialogues_jsonl, resolve_data_dir
 from merc.models.text_encoder import TextEncoder
 from merc.models.turns import turn_inputs
-from merc.stream.cli import example_dialogue
+from merc.stream.track_cli import example_dialogue
 from merc.stream.tracker import default_model_dir
 
 

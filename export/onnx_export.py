@@ -387,7 +387,7 @@ def ensure_bundle(model_dir: str | Path, cache: str | Path | None = None, varian
     if cached_bundle(model_dir, cache) is not None:
         return target
     if parity_dialogues is None:
-        from merc.stream.cli import example_dialogue
+        from merc.stream.track_cli import example_dialogue
 
         parity_dialogues = example_dialogue()
     log.info("first use of %s: exporting it to an ONNX bundle in %s (takes a minute; later runs reuse it)",

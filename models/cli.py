@@ -51,6 +51,28 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _eval_replay(args: argparse.Namespace) -> int:
+    """merc-eval --replay DIR: torch-free, reads only the recording's files."""
+    import json
+
+    from merc.stream.recording import RecordingError, open_recording, read_gold, read_jsonl
+    from merc.stream.scoring import find_events, format_scores, score_replay
+
+    try:
+        recording = open_recording(args.replay)
+        events_path = args.events or find_events(recording.directory)
+        scores = score_replay(read_gold(recording), read_jsonl(events_path, ("type",)))
+    except RecordingError as err:
+        print(f"merc-eval: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"recording": str(recording.directory), "events": str(events_path), **scores.as_dict()}))
+    else:
+        print(f"{recording.directory}: {events_path.name} against gold.jsonl")
+        print(format_scores(scores))
+    return 0
+
+
 def eval_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="merc-eval",
@@ -68,6 +90,12 @@ def eval_main(argv: list[str] | None = None) -> int:
                         help="run directory written by merc-train (or a model directory); omit with --bundle")
     parser.add_argument("--bundle", type=Path, default=None,
                         help="score this bundle (merc-export output) with ONNX Runtime instead of a run with PyTorch")
+    parser.add_argument("--replay", type=Path, default=None, metavar="DIR",
+                        help="score a replayed recording instead: DIR's events (merc-replay output, else the live "
+                             "session's events.jsonl) against DIR/gold.jsonl: speaker attribution accuracy, "
+                             "transcript WER, emotion weighted F1")
+    parser.add_argument("--events", type=Path, default=None,
+                        help="with --replay: the events file to score (default: found in DIR)")
     parser.add_argument("--split", choices=("train", "valid", "test"), default="test", help="split to score")
     parser.add_argument("--corpus", help="corpus to score on (default: the one the run or the bundle's model was "
                                          "trained on)")
@@ -87,6 +115,12 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.replay is not None:
+        if args.run is not None or args.bundle is not None:
+            parser.error("--replay scores a recording; give no run or bundle with it")
+        return _eval_replay(args)
+    if args.events is not None:
+        parser.error("--events applies to --replay only")
     if (args.run is None) == (args.bundle is None):
         parser.error("give a run directory or --bundle BUNDLE (one of them)")
     if args.bundle is None and (args.precision != "fp32" or args.threads or args.max_dialogues):

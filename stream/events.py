@@ -5,10 +5,13 @@
             used, per-stage timings
     status  devices and modality availability changed (microphone, camera, face in view)
     error   something went wrong that the client should know about; the session goes on
+    pong    the answer to a client's ping
 
 Every event carries `"v"` (the protocol version; a client refuses a major version it does not
 know) and `"seq"` (strictly increasing within a session; a reconnecting client asks for the
-events after the last one it saw). `events.schema.json` is the formal schema; the tests check
+events after the last one it saw). Replies to one connection (its `hello`, a `pong`, an `error`
+about its message) carry `"direct": true` and the last published seq, and are not resent.
+`events.schema.json` is the formal schema; the tests check
 every emitted event against it.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from importlib import resources
 from typing import Any, Callable
 
 PROTOCOL_VERSION = 1
-EVENT_TYPES = ("hello", "turn", "status", "error")
+EVENT_TYPES = ("hello", "turn", "status", "error", "pong")
 
 
 def schema() -> dict:
@@ -81,6 +84,11 @@ class EventBus:
         with self._lock:
             self._subscribers.append(deliver)
             return [e for e in self._history if since is not None and e["seq"] > since]
+
+    def history(self, since: int) -> list[dict]:
+        """The kept events with seq > `since`."""
+        with self._lock:
+            return [e for e in self._history if e["seq"] > since]
 
     def unsubscribe(self, deliver: Callable[[dict], None]) -> None:
         with self._lock:

@@ -31,7 +31,7 @@ from merc.models.cli import train_main
 from merc.models.corpora import load_corpus
 from merc.models.dag import MODALITIES, UNKNOWN_SPEAKER, predecessors
 from merc.models.text_encoder import TextEncoder
-from merc.stream.cli import example_dialogue
+from merc.stream.track_cli import example_dialogue
 from merc.stream.tracker import DialogueTracker
 
 

@@ -1,0 +1,77 @@
+"""A small Python client of the event service: connect, follow events, resume after a drop.
+
+    from merc.clients.client import follow
+    async for event in follow("ws://127.0.0.1:8765/"):
+        if event["type"] == "turn":
+            print(event["speaker"], event["label"], event["text"])
+
+`follow` reconnects with backoff and asks for the events after the last sequence number it has
+seen, so a dropped connection neither loses nor repeats a turn (as long as the server still
+keeps them: it keeps the last 10,000). Run `python -m merc.clients.client URL` to print events.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import AsyncIterator
+
+from merc.stream.events import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+
+class ProtocolMismatch(RuntimeError):
+    """The server speaks a protocol version this client does not know."""
+
+
+async def follow(url: str, since: int = 0, reconnect: bool = True, max_backoff: float = 5.0) -> AsyncIterator[dict]:
+    """Yield every event from `url` in order, without duplicates, reconnecting when `reconnect`.
+
+    The server's `hello` is yielded on each (re)connection; events already seen are skipped.
+    Ends when the server closes normally and `reconnect` is False.
+    """
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    last = since
+    backoff = 0.2
+    while True:
+        try:
+            async with connect(url) as websocket:
+                await websocket.send(json.dumps({"type": "hello", "since": last}))
+                backoff = 0.2
+                async for message in websocket:
+                    event = json.loads(message)
+                    if event.get("v") != PROTOCOL_VERSION:
+                        raise ProtocolMismatch(f"{url}: server speaks protocol v{event.get('v')}, this client "
+                                               f"v{PROTOCOL_VERSION}")
+                    if event.get("direct"):  # hello, pong, an error about our message: not in the sequence
+                        yield event
+                        continue
+                    if event["seq"] <= last:
+                        continue
+                    last = event["seq"]
+                    yield event
+            if not reconnect:
+                return
+        except (OSError, ConnectionClosed) as err:
+            if not reconnect:
+                return
+            log.info("connection to %s lost (%s); reconnecting in %.1f s", url, err, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(max_backoff, backoff * 2)
+
+
+async def _print(url: str) -> None:
+    async for event in follow(url):
+        print(json.dumps(event, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    try:
+        asyncio.run(_print(sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8765/"))
+    except KeyboardInterrupt:
+        pass

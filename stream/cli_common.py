@@ -1,0 +1,98 @@
+"""What the stream commands (merc-live, merc-replay, merc-track) share: help formatting, the model
+options and loading the tracker they name, and which errors are the user's input."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and False (those options' help says what happens without them)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, torch_engine: bool = True) -> None:
+    """--model / --bundle / --precision / --threads / --device (and --engine for merc-track)."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=Path, default=None,
+                       help="model directory (a merc-train run; default: the bundled default model, text only, "
+                            "MELD's 7 labels); its ONNX bundle is exported into the cache on first use")
+    group.add_argument("--bundle", type=Path, default=None,
+                       help="serve this bundle (written by merc-export) directly with ONNX Runtime, without "
+                            "importing torch; replaces --model")
+    if torch_engine:
+        group.add_argument("--engine", choices=("onnx", "torch"), default="onnx",
+                           help="onnx: the model's bundle on ONNX Runtime (as served); torch: the PyTorch "
+                                "DialogueTracker on the model directory (for comparison and debugging)")
+    group.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                       help="which text encoder of the bundle to run (cached bundles hold fp32 and int8; fp16 is "
+                            "for GPUs and needs merc-export --variants fp16)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="ONNX Runtime threads for the text encoder (default: one per core; the graph step "
+                            "always runs on one)")
+    group.add_argument("--device", default=None,
+                       help="auto (the GPU when there is one), cpu or cuda (default auto); with --engine torch the "
+                            "default is cpu")
+
+
+def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.bundle is not None and args.model is not None:
+        parser.error("give --model or --bundle, not both")
+    engine = getattr(args, "engine", "onnx")
+    if args.bundle is not None and engine == "torch":
+        parser.error("--bundle serves with ONNX Runtime; --engine torch needs a model directory (--model)")
+    if engine == "torch" and (args.precision != "fp32" or args.threads):
+        parser.error("--precision and --threads apply to the onnx engine only")
+
+
+def load_tracker(args: argparse.Namespace):
+    """The tracker `args` ask for: a bundle on ONNX Runtime (exported first if needed) or PyTorch."""
+    if args.bundle is not None:  # no torch on this path
+        from merc.export.runtime import BundleTracker
+
+        return BundleTracker.load(args.bundle, device=args.device or "auto", precision=args.precision,
+                                  threads=args.threads)
+    from merc.models.paths import default_model_dir
+
+    model_dir = args.model or default_model_dir()
+    if getattr(args, "engine", "onnx") == "torch":
+        from .tracker import DialogueTracker
+
+        device = args.device or "cpu"
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return DialogueTracker.load(args.model, device=device)
+    from merc.export.bundle import cached_bundle
+    from merc.export.runtime import BundleTracker
+
+    bundle = cached_bundle(model_dir)  # torch is imported only when the bundle must be exported
+    if bundle is None:
+        from merc.export.onnx_export import ensure_bundle
+
+        bundle = ensure_bundle(model_dir, threads=args.threads)
+    return BundleTracker.load(bundle, device=args.device or "auto", precision=args.precision, threads=args.threads)
+
+
+def is_input_error(err: BaseException) -> bool:
+    """Errors that mean bad input (a file, a model, a bundle, a device), reported in one line. Error
+    types of heavy modules are looked up only if those modules were loaded, so serving a cached
+    bundle never imports torch just to name them."""
+    from merc.export.bundle import BundleError
+    from merc.models.corpora import CorpusError
+
+    kinds: list[type[BaseException]] = [BundleError, CorpusError, OSError]
+    for module, name in (("merc.export.onnx_export", "ExportError"), ("merc.models.checkpoint", "ModelError"),
+                         ("merc.models.text_encoder", "EncoderError"), ("merc.stream.recording", "RecordingError"),
+                         ("merc.stream.audio", "AudioSourceError"), ("merc.stream.vad", "VADError"),
+                         ("merc.stream.transcribe", "TranscriberError"), ("merc.stream.server", "ServerError"),
+                         ("merc.models.face_features", "FaceModelError"), ("merc.stream.video", "VideoSourceError")):
+        if module in sys.modules and hasattr(sys.modules[module], name):
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(err, tuple(kinds))

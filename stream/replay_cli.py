@@ -1,0 +1,150 @@
+"""`merc-replay`: feed a recording through the live pipeline and write the events it produces.
+
+The recording's audio.wav becomes the audio source (paced at real time, faster, or as fast as the
+pipeline runs); everything after that is the live pipeline: segmentation, speech recognition,
+speakers, features, the tracker, the event bus and (with --serve) the WebSocket server. With no
+directory, a bundled example recording is replayed: the embedded default on a machine without a
+microphone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from .cli_common import HelpFormatter, add_model_arguments, check_model_arguments, is_input_error, load_tracker
+from .session import add_pipeline_arguments, build_processor, hello_body, segmenter_options, turn_printer
+
+EXAMPLE_RECORDING = "recording"
+REPLAY_EVENTS = "replay.events.jsonl"
+
+
+def example_recording() -> Path:
+    """The bundled recording: a short synthetic conversation (espeak-ng voices, our own text)."""
+    return Path(str(resources.files("merc.stream") / "examples" / EXAMPLE_RECORDING))
+
+
+def parse_speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed is a number (1 = real time) or max, not {value!r}") from None
+    if speed <= 0:
+        raise argparse.ArgumentTypeError("speed must be positive")
+    return speed
+
+
+def default_out(recording: Path) -> Path:
+    """Next to the recording when it is writable, else in the current directory."""
+    if recording.resolve() == example_recording().resolve() or not _writable(recording):
+        return Path.cwd() / f"{recording.name}.{REPLAY_EVENTS}"
+    return recording / REPLAY_EVENTS
+
+
+def _writable(directory: Path) -> bool:
+    import os
+
+    return os.access(directory, os.W_OK)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="merc-replay",
+        description=("Replay a recording (merc-live --record DIR, or merc-synth) through the live pipeline: turn "
+                     "segmentation (Silero VAD), speech recognition (Whisper), speaker attribution, the emotion "
+                     "tracker. Prints each turn as it lands and writes every event to a JSONL file. With no "
+                     "directory, replays a bundled example recording."),
+        epilog=("Columns: e2e ms = end of speech to result, including the silence wait that ends a turn; proc = "
+                "the same without the silence wait. Score a replay against the recording's gold.jsonl with "
+                "merc-eval --replay DIR. Exit status: 0 done, 1 done but the recording was damaged (the turns "
+                "before the damage are kept), 2 bad recording, model or option."),
+        formatter_class=HelpFormatter)
+    parser.add_argument("recording", type=Path, nargs="?", default=None,
+                        help="recording directory (default: the bundled example)")
+    parser.add_argument("--speed", type=parse_speed, default=None, metavar="X|max",
+                        help="1 = real time (for latency), 2 = twice as fast, max = as fast as the pipeline runs "
+                             "(default: max)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"events file to write (default: DIR/{REPLAY_EVENTS}, or ./NAME.{REPLAY_EVENTS} when "
+                             "DIR is not writable or is the bundled example)")
+    parser.add_argument("--serve", action="store_true", help="also serve the events over WebSocket while replaying")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (with --serve)")
+    parser.add_argument("--port", type=int, default=8765, help="port to serve on (with --serve; 0 = any free port)")
+    parser.add_argument("--json", action="store_true", help="print events as JSON lines instead of a table")
+    add_pipeline_arguments(parser)
+    add_model_arguments(parser, torch_engine=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("merc").setLevel(logging.INFO)
+    try:
+        return replay(args)
+    except Exception as err:
+        if not is_input_error(err):
+            raise
+        print(f"merc-replay: error: {err}", file=sys.stderr)
+        return 2
+
+
+def replay(args: argparse.Namespace) -> int:
+    from .audio import WavFileSource
+    from .events import EventBus
+    from .pipeline import Pipeline
+    from .recording import open_recording
+    from .segmenter import TurnSegmenter
+    from .vad import SileroVAD
+
+    recording = open_recording(args.recording or example_recording())
+    out = args.out or default_out(recording.directory)
+    source = WavFileSource(recording.audio, speed=args.speed)
+    tracker = load_tracker(args)
+    processor = build_processor(args, tracker)
+    bus = EventBus(session=f"replay-{recording.name}-{uuid.uuid4().hex[:8]}")
+    server = None
+    if args.serve:
+        from .server import EventServer
+
+        server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port)
+        print(f"serving events on {server.start()}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as events:
+        def write(event: dict) -> None:
+            events.write(json.dumps(event, ensure_ascii=False) + "\n")
+            events.flush()
+
+        bus.subscribe(write)
+        bus.subscribe(turn_printer(as_json=args.json))
+        for problem in recording.problems:
+            bus.publish({"type": "error", "code": "recording_damaged", "message": problem})
+        pipeline = Pipeline(source, TurnSegmenter(SileroVAD(), segmenter_options(args)), processor, bus)
+        started = time.perf_counter()
+        try:
+            pipeline.run()
+        except KeyboardInterrupt:
+            pipeline.stop()
+        elapsed = time.perf_counter() - started
+    if server is not None:
+        server.stop()
+    print(f"{pipeline.turns} turns from {source.duration:.1f} s of audio in {elapsed:.1f} s "
+          f"({source.duration / elapsed:.1f}x real time); events in {out}", file=sys.stderr)
+    if recording.problems:
+        for problem in recording.problems:
+            print(f"merc-replay: error: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
