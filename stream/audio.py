@@ -72,6 +72,8 @@ class MicSource:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_seconds * SAMPLE_RATE / BLOCK)))
         self._stream = None
         self._samples = 0
+        self.started: float | None = None
+        """time.monotonic() at the first sample: session time 0, shared with the camera's clock."""
         self._on_status = on_status or (lambda status: None)
 
     def start(self) -> None:
@@ -89,6 +91,7 @@ class MicSource:
             self._stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
                                           device=self.device, callback=self._callback,
                                           finished_callback=self._finished)
+            self.started = time.monotonic()
             self._stream.start()
         except sd.PortAudioError as err:
             raise AudioSourceError(f"{self.name}: cannot open it at 16 kHz mono: {err}") from err

@@ -110,7 +110,7 @@ def live(args: argparse.Namespace) -> int:
     devices["microphone"] = True
     face_tracker = camera = None
     if args.camera is not None:
-        camera, face_tracker = _start_camera(args.camera, status)
+        camera, face_tracker = _start_camera(args.camera, status, source.started)
     tracker = load_tracker(args)
     processor = build_processor(args, tracker, face_tracker)
     recorder = None
@@ -146,14 +146,18 @@ def live(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_camera(index: int, status):
-    """Camera capture and face tracking threads; a camera that cannot open is reported and the session
-    goes on without the face modality."""
+def _start_camera(index: int, status, audio_start: float):
+    """Camera capture and face tracking threads on the audio's clock (session time 0 = the first
+    microphone sample), so a turn's frames are those heard with it. A camera that cannot open is
+    reported and the session goes on without the face modality. Only the face tracker reports
+    status (camera lost, face in or out of view), so a change is published once."""
+    import time
+
     from merc.models.face_features import FaceAnalyzer
 
     from .video import CameraSource, FaceTracker
 
-    camera = CameraSource(index, on_status=status)
+    camera = CameraSource(index, clock=lambda: time.monotonic() - audio_start)
     try:
         camera.start()
     except Exception as err:

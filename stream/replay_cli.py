@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -99,16 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
-    from .audio import WavFileSource
     from .events import EventBus
-    from .pipeline import Pipeline
     from .recording import open_recording
-    from .segmenter import TurnSegmenter
-    from .vad import SileroVAD
+    from .replay import replay_recording
 
     recording = open_recording(args.recording or example_recording())
     out = args.out or default_out(recording.directory)
-    source = WavFileSource(recording.audio, speed=args.speed)
     tracker = load_tracker(args)
     processor = build_processor(args, tracker)
     bus = EventBus(session=f"replay-{recording.name}-{uuid.uuid4().hex[:8]}")
@@ -126,24 +121,16 @@ def replay(args: argparse.Namespace) -> int:
 
         bus.subscribe(write)
         bus.subscribe(turn_printer(as_json=args.json))
-        for problem in recording.problems:
-            bus.publish({"type": "error", "code": "recording_damaged", "message": problem})
-        pipeline = Pipeline(source, TurnSegmenter(SileroVAD(), segmenter_options(args)), processor, bus)
-        started = time.perf_counter()
         try:
-            pipeline.run()
-        except KeyboardInterrupt:
-            pipeline.stop()
-        elapsed = time.perf_counter() - started
-    if server is not None:
-        server.stop()
-    print(f"{pipeline.turns} turns from {source.duration:.1f} s of audio in {elapsed:.1f} s "
-          f"({source.duration / elapsed:.1f}x real time); events in {out}", file=sys.stderr)
-    if recording.problems:
-        for problem in recording.problems:
-            print(f"merc-replay: error: {problem}", file=sys.stderr)
-        return 1
-    return 0
+            result = replay_recording(recording, processor, bus, args.speed, segmenter_options(args))
+        finally:
+            if server is not None:
+                server.stop()
+    print(f"{result.turns} turns from {result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s "
+          f"({result.speed:.1f}x real time); events in {out}", file=sys.stderr)
+    for problem in result.problems:
+        print(f"merc-replay: error: {problem}", file=sys.stderr)
+    return 1 if result.problems else 0
 
 
 if __name__ == "__main__":

@@ -65,11 +65,26 @@ def build_processor(args: argparse.Namespace, tracker, face_tracker=None) -> Tur
     face_features = None
     if face_tracker is not None:
         from merc.models.face_features import face_features
+    processor = TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
+                              attributor=SpeakerAttributor(max_speakers=args.speakers), acoustic=acoustic,
+                              face_tracker=face_tracker, face_features=face_features)
+    warm_up(processor)
     log.info("pipeline ready in %.1f s (asr %s %s; model reads %s)", time.perf_counter() - started, args.asr,
              args.asr_model, ", ".join(tracker.modalities))
-    return TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
-                         attributor=SpeakerAttributor(max_speakers=args.speakers), acoustic=acoustic,
-                         face_tracker=face_tracker, face_features=face_features)
+    return processor
+
+
+def warm_up(processor: TurnProcessor) -> None:
+    """Run each model once on noise, so the first real turn does not pay for lazy initialisation
+    (the first voice embedding alone takes seconds)."""
+    import numpy as np
+
+    noise = np.random.default_rng(0).normal(0, 0.05, 24000).astype(np.float32)
+    processor.transcriber.transcribe(noise)
+    if processor.embedder is not None:
+        processor.embedder.embed(noise)
+    if processor.acoustic is not None:
+        processor.acoustic(noise)
 
 
 def hello_body(tracker, args: argparse.Namespace) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def test_main_command_json_output_and_bad_input(tmp_path):
     assert [t["turn"] for t in turns] == [0, 1] and all(t["label"] in MELD7.labels for t in turns)
 
 
-@pytest.mark.parametrize("command", ["merc-live", "merc-train", "merc-eval"])
+@pytest.mark.parametrize("command", ["merc-live", "merc-replay", "merc-track", "merc-synth", "merc-train", "merc-eval", "merc-export"])
 def test_every_command_explains_itself(command):
     out = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and len(out.stdout) > 400

@@ -1,0 +1,202 @@
+"""The live pipeline end to end on recorded (synthetic) conversations: replay, events, scores, faults.
+
+Fixtures: tests/fixtures/recordings/* (espeak-ng voices reading dialogues we wrote, with
+gold.jsonl), and the bundled example recording that merc-replay plays by default.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from merc.clients.client import follow
+from merc.stream.audio import AudioChunk, WavFileSource
+from merc.stream.events import EventBus, schema
+from merc.stream.recording import open_recording, read_gold, read_jsonl
+from merc.stream.replay import replay_recording
+from merc.stream.replay_cli import example_recording
+from merc.stream.scoring import score_replay
+from merc.stream.server import EventServer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "recordings"
+RECORDINGS = sorted(p.parent for p in FIXTURES.glob("*/manifest.json"))
+
+
+@pytest.fixture(scope="module")
+def session_args() -> argparse.Namespace:
+    return argparse.Namespace(model=None, bundle=None, precision="fp32", threads=None, device="cpu",
+                              asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
+
+
+@pytest.fixture(scope="module")
+def processor(session_args):
+    """The live per-turn components (ASR, speakers, the default model's bundle), loaded once."""
+    from merc.stream.cli_common import load_tracker
+    from merc.stream.session import build_processor
+
+    return build_processor(session_args, load_tracker(session_args))
+
+
+def replay(directory: Path, processor, speed=None) -> list[dict]:
+    bus = EventBus("test")
+    replay_recording(open_recording(directory), processor, bus, speed)
+    return bus.events()
+
+
+def test_fixtures_are_small_and_complete():
+    assert len(RECORDINGS) >= 2
+    for directory in RECORDINGS + [example_recording()]:
+        assert sum(f.stat().st_size for f in directory.iterdir()) < 1_000_000
+        assert open_recording(directory).problems == ()
+        assert len(read_gold(open_recording(directory))) >= 4
+
+
+@pytest.mark.parametrize("directory", RECORDINGS + [example_recording()], ids=lambda p: p.name)
+def test_replay_end_to_end(directory, processor):
+    """Turn count, speakers, transcripts within WER 25 %, every event valid against the schema."""
+    events = replay(directory, processor)
+    validator = jsonschema.Draft202012Validator(schema())
+    for event in events:
+        validator.validate(event)
+    gold = read_gold(open_recording(directory))
+    scores = score_replay(gold, events)
+    overlaps = sum(b["t_start"] < a["t_end"] for a, b in zip(gold, gold[1:]))  # overlapping turns may merge
+    assert gold_turns_found(scores, overlaps), scores
+    assert scores.speaker_accuracy >= 0.8, scores
+    assert scores.wer <= 0.25, scores
+    turns = [e for e in events if e["type"] == "turn"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert all(t["modalities"] == ["text"] and "audio" in t["available"] for t in turns)
+    assert all(t["timings_ms"]["asr"] > 0 for t in turns)
+
+
+def gold_turns_found(scores, overlaps: int) -> bool:
+    return scores.gold_turns - overlaps <= scores.predicted_turns <= scores.gold_turns and scores.extra_turns == 0
+
+
+def test_replay_command_and_eval_command(tmp_path):
+    """merc-replay writes the events; merc-eval --replay scores them (as a user runs them)."""
+    rec = tmp_path / "rec"
+    shutil.copytree(RECORDINGS[0], rec)
+    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", str(rec), "--speed", "max"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (rec / "replay.events.jsonl").is_file() and "x real time" in out.stderr
+    rows = [line for line in out.stdout.splitlines() if line[:3].strip().isdigit()]
+    assert len(rows) >= 3
+    scored = subprocess.run(["merc-eval", "--replay", str(rec), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    assert result["wer"] <= 0.25 and result["speaker_accuracy"] >= 0.8
+
+
+def test_truncated_recording_keeps_the_turns_before_the_cut(tmp_path):
+    rec = tmp_path / "rec"
+    shutil.copytree(RECORDINGS[0], rec)
+    wav = rec / "audio.wav"
+    full = WavFileSource(wav).duration
+    os.truncate(wav, 44 + int(wav.stat().st_size * 0.6) // 2 * 2)
+    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", str(rec)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 1 and "audio.wav: truncated" in out.stderr
+    events = read_jsonl(rec / "replay.events.jsonl")
+    assert events[0]["type"] == "error" and "truncated" in events[0]["message"]
+    turns = [e for e in events if e["type"] == "turn"]
+    gold_before = [g for g in read_gold(open_recording(rec)) if g["t_end"] < 0.6 * full - 0.7]
+    assert len(turns) >= len(gold_before) >= 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--bundle", "no-such-bundle"], "no-such-bundle"),
+    (["--asr-model", "no-such-whisper-dir/"], "no-such-whisper-dir"),
+    (["--model", "no-such-model"], "no-such-model"),
+])
+def test_a_missing_model_is_a_clear_error_at_start(bad, message):
+    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", *bad], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_recording_is_a_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "manifest.json" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_no_microphone_is_a_clear_message():
+    out = subprocess.run([sys.executable, "-m", "merc.stream.cli", "--mic", "987", "--camera", "none"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "microphone" in out.stderr and "merc-replay" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+class UnpluggedMidStream(WavFileSource):
+    """A microphone that stops delivering after `seconds`: the same source interface, cut short."""
+
+    def __init__(self, path, seconds: float) -> None:
+        super().__init__(path, speed=None)
+        self.seconds = seconds
+
+    def __iter__(self):
+        for chunk in super().__iter__():
+            if chunk.t >= self.seconds:
+                self.stop()
+                return
+            yield chunk
+
+
+def test_a_source_that_disappears_mid_stream_ends_the_session_cleanly(processor):
+    from merc.stream.pipeline import Pipeline
+    from merc.stream.segmenter import TurnSegmenter
+    from merc.stream.vad import SileroVAD
+
+    directory = RECORDINGS[0]
+    gold = read_gold(open_recording(directory))
+    cut = (gold[1]["t_start"] + gold[1]["t_end"]) / 2  # in the middle of the second turn
+    processor.tracker.reset()
+    processor.attributor.reset()
+    bus = EventBus("unplug")
+    pipeline = Pipeline(UnpluggedMidStream(open_recording(directory).audio, cut), TurnSegmenter(SileroVAD()),
+                        processor, bus)
+    pipeline.run()
+    turns = [e for e in bus.events() if e["type"] == "turn"]
+    assert len(turns) == 2 and turns[1]["t_end"] <= cut + 0.05  # the turn in progress is closed, not lost
+
+
+def test_a_websocket_client_receives_the_turns_and_disconnects_cleanly(processor, session_args):
+    from merc.stream.session import hello_body
+
+    bus = EventBus("ws")
+    server = EventServer(bus, hello_body(processor.tracker, session_args), port=0)
+    server.start()
+    received: list[dict] = []
+    connected = threading.Event()
+
+    async def client():
+        async for event in follow(server.url, reconnect=False):
+            received.append(event)
+            if event["type"] == "hello":
+                connected.set()
+            if event["type"] == "turn" and event["turn"] == 2:
+                return  # leaves the connection: a clean close
+
+    thread = threading.Thread(target=lambda: asyncio.run(client()))
+    thread.start()
+    assert connected.wait(10)
+    replay_recording(open_recording(RECORDINGS[0]), processor, bus, speed=None)
+    thread.join(30)
+    server.stop()
+    assert not thread.is_alive()
+    assert received[0]["type"] == "hello" and received[0]["labels"] == list(processor.tracker.labels)
+    assert [e["turn"] for e in received if e["type"] == "turn"] == [0, 1, 2]
+    assert server.connections == 0
