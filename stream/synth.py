@@ -115,16 +115,14 @@ class Voice:
 
 
 # Built-in espeak-ng voices only (no mbrola): a language plus a variant, with a base pitch and speed.
-# Chosen with espeak-ng 1.51 from ~150 candidates: intelligible (Whisper-tiny WER <= 0.2 on test
-# sentences) and far apart in speaker-embedding space (Resemblyzer cosine <= 0.68 between the male
-# voices, <= 0.78 between the female ones, median F0 96-118 Hz vs 182-276 Hz). Speakers of one gender
-# take consecutive entries of its ring, whose base pitches alternate low/high. ("en-gb+<variant>"
-# ignores the variant in 1.51, hence en-us/en-gb-x-rp bases.)
-MALE_VOICES = (Voice("en-us+sandro", 35, 170), Voice("en-us+travis", 60, 165), Voice("en-us+benjamin", 40, 175),
-               Voice("en-us+iven", 65, 160), Voice("en-us+Gene", 30, 180), Voice("en-us-nyc+Jacky", 55, 165))
-FEMALE_VOICES = (Voice("en-us+grandma", 45, 170), Voice("en-us+f4", 65, 165), Voice("en-us+anika", 40, 170),
-                 Voice("en-us+steph", 60, 175), Voice("en-gb-x-rp+Annie", 50, 160),
-                 Voice("en-us-nyc+belinda", 70, 170))
+# Chosen with espeak-ng 1.51 for two things at once (scripts and figures in the closing notes of
+# 2026-11-23): intelligible to Whisper tiny.en (WER 0.12-0.23 on 14 of our own test sentences,
+# normalised; at 165-180 wpm the same variants scored 0.27-0.58, hence the slow speeds) and apart in
+# speaker-embedding space (Resemblyzer centroid cosine <= 0.72 within a gender, <= 0.68 across, below
+# the attributor's 0.78 threshold). Speakers of one gender take consecutive entries of its ring.
+# ("en-gb+<variant>" ignores the variant in 1.51, hence en-us bases.)
+MALE_VOICES = (Voice("en-us+sandro", 35, 150), Voice("en-us+benjamin", 40, 145), Voice("en-us+m3", 40, 140))
+FEMALE_VOICES = (Voice("en-us+steph", 60, 140), Voice("en-us+anika", 45, 140), Voice("en-us+f2", 65, 130))
 
 
 def dialogue_seed(seed: int, dialogue_id: str) -> int:
@@ -138,7 +136,7 @@ def assign_voices(speakers: Sequence[str], seed: int) -> dict[str, Voice]:
     Speakers alternate female/male (which comes first is drawn), so neighbours in the speaker order
     differ in pitch range; within a gender they take consecutive voices of its ring
     (`MALE_VOICES`, `FEMALE_VOICES`) from a drawn offset. Pitch and speed get a small drawn jitter.
-    Beyond six speakers of one gender the ring repeats with the pitch moved by 8 per round.
+    Beyond three speakers of one gender the ring repeats with the pitch moved by 8 per round.
     """
     rng = np.random.default_rng(seed)
     female_first = bool(rng.integers(2))
@@ -151,7 +149,7 @@ def assign_voices(speakers: Sequence[str], seed: int) -> dict[str, Voice]:
         base = ring[k % len(ring)]
         shift = 8 * ((i // 2) // len(ring)) * (1 if gender == "female" else -1)
         pitch = int(np.clip(base.pitch + shift + rng.integers(-3, 4), 0, 99))
-        voices[speaker] = Voice(base.name, pitch, int(base.speed + rng.integers(-8, 9)))
+        voices[speaker] = Voice(base.name, pitch, int(base.speed + rng.integers(-4, 5)))
     return voices
 
 

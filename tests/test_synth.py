@@ -156,7 +156,7 @@ def test_overlaps_follow_the_probability(tmp_path: Path, espeak: Espeak, fixture
         if cur.t_start < prev.t_end:
             both = span(always.audio, cur.t_start, prev.t_end)
             alone = span(always.audio, prev.t_start, cur.t_start)
-            assert rms(both) > rms(alone) * 0.9  # two voices added, not one replacing the other
+            assert rms(both) > rms(alone) * 0.5  # voiced: the second voice starts over the first one's tail
 
 
 def test_speakers_have_distinct_voices(generated: dict[str, Path]) -> None:
