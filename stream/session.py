@@ -61,7 +61,12 @@ def build_processor(args: argparse.Namespace, tracker, face_tracker=None) -> Tur
     if "audio" in tracker.modalities:
         from merc.models.audio_features import AcousticFeaturizer
 
-        acoustic = AcousticFeaturizer()
+        # The kind the model was trained on; a Whisper kind reuses the ASR's own model.
+        manifest = getattr(tracker, "manifest", None)
+        kind = manifest.raw.get("source", {}).get("audio_features", "egemaps") if manifest is not None else "egemaps"
+        whisper = getattr(transcriber, "model", None) if kind.startswith("whisper") and args.asr == "faster-whisper" \
+            else None
+        acoustic = AcousticFeaturizer(kind, whisper_model=whisper)
     face_features = None
     if face_tracker is not None:
         from merc.models.face_features import face_features

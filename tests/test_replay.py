@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -26,9 +27,11 @@ from merc.stream.replay import replay_recording
 from merc.stream.replay_cli import example_recording
 from merc.stream.scoring import score_replay
 from merc.stream.server import EventServer
+from merc.stream.video import VideoFileSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recordings"
 RECORDINGS = sorted(p.parent for p in FIXTURES.glob("*/manifest.json"))
+KITCHEN = FIXTURES / "kitchen-2spk"  # two speakers, no overlap: every gold turn is one segment
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +203,66 @@ def test_a_websocket_client_receives_the_turns_and_disconnects_cleanly(processor
     assert received[0]["type"] == "hello" and received[0]["labels"] == list(processor.tracker.labels)
     assert [e["turn"] for e in received if e["type"] == "turn"] == [0, 1, 2]
     assert server.connections == 0
+
+
+class CameraUnpluggedAt(VideoFileSource):
+    """A camera (a face video played at real time) whose reads fail from `seconds` after its first
+    read on, as an unplugged camera's do: the same source interface as the live camera."""
+
+    def __init__(self, path: Path, seconds: float) -> None:
+        super().__init__(path, speed=1.0)
+        self.seconds = seconds
+        self.first_read: float | None = None
+
+    def read_image(self):
+        now = time.monotonic()
+        self.first_read = self.first_read or now
+        if now - self.first_read > self.seconds:
+            time.sleep(0.01)
+            return None
+        return super().read_image()
+
+
+def test_a_camera_unplugged_mid_session_only_marks_the_face_missing(processor, data_dir, tmp_path):
+    """Live-speed replay with a camera that dies at 8 s: every turn still arrives; turns before the
+    unplug saw a face, turns after it did not; the loss is reported as status."""
+    import dataclasses
+
+    import cv2
+    import numpy as np
+
+    from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, face_features, face_model_path, prepare
+    from merc.stream.video import FaceTracker
+
+    files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:10]
+    if len(files) < 10:
+        pytest.skip("FER-2013 test images not found")
+    faces = [prepare(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), margin=STILL_MARGIN) for f in files]
+    video = tmp_path / "camera.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (faces[0].shape[1], faces[0].shape[0]))
+    for i in range(10 * 25):
+        writer.write(faces[(i // 10) % len(faces)])
+    writer.release()
+
+    statuses: list[dict] = []
+    camera = CameraUnpluggedAt(video, seconds=8.0)
+    tracker = FaceTracker(camera, FaceAnalyzer.load(face_model_path(), mode="video"), on_status=statuses.append)
+    camera.start()
+    tracker.start()
+    try:
+        with_face = dataclasses.replace(processor, face_tracker=tracker, face_features=face_features)
+        events = replay(KITCHEN, with_face, speed=1.0)
+    finally:
+        tracker.stop()
+        camera.stop()
+    turns = [e for e in events if e["type"] == "turn"]
+    assert len(turns) == len(read_gold(open_recording(KITCHEN)))
+    before = [t for t in turns if t["t_end"] < 7.5]
+    after = [t for t in turns if t["t_start"] > 9.5]
+    assert before and after
+    assert all("face" in t["available"] for t in before), (statuses, tracker.frames_analyzed, tracker.faces_found,
+                                                            [(o.t) for o in tracker.observations_between(0, 30)][:5])
+    assert all("face" not in t["available"] for t in after), after
+    assert all(t["modalities"] == ["text"] for t in turns)  # the default model reads text only
+    assert any(s.get("camera") is False for s in statuses)
+    assert np.isfinite(face_features(tracker.observations_between(0, 7))).all()
