@@ -69,14 +69,16 @@ class MicSource:
         self.device = device
         self.name = f"microphone {device if device is not None else '(default)'}"
         self.overruns = 0
+        self.on_status = on_status or (lambda status: None)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(max_seconds * SAMPLE_RATE / BLOCK)))
         self._stream = None
         self._samples = 0
         self.started: float | None = None
         """time.monotonic() at the first sample: session time 0, shared with the camera's clock."""
-        self._on_status = on_status or (lambda status: None)
+        self._check()
 
-    def start(self) -> None:
+    def _check(self) -> None:
+        """Fail now, before models load, when there is no such input device."""
         try:
             import sounddevice as sd
         except OSError as err:  # the PortAudio shared library is missing
@@ -87,6 +89,10 @@ class MicSource:
             raise AudioSourceError(f"no microphone: {err}. With no microphone, replay a recording instead: "
                                    "merc-replay (a bundled example) or merc-replay DIR") from err
         self.name = f"microphone {info['name']!r}"
+
+    def start(self) -> None:
+        import sounddevice as sd
+
         try:
             self._stream = sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=BLOCK,
                                           device=self.device, callback=self._callback,
@@ -111,7 +117,7 @@ class MicSource:
             self._queue.put_nowait(chunk)
 
     def _finished(self) -> None:
-        self._on_status({"microphone": False, "message": f"{self.name} stopped delivering audio"})
+        self.on_status({"microphone": False, "message": f"{self.name} stopped delivering audio"})
         self._queue.put(_END)
 
     def stop(self) -> None:
@@ -185,6 +191,8 @@ class WavFileSource:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.started: float | None = None
+        self.on_status: Callable[[dict], None] = lambda status: None
 
     @property
     def duration(self) -> float:
@@ -206,6 +214,7 @@ class WavFileSource:
         return audio
 
     def start(self) -> None:
+        self.started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="wav-source", daemon=True)
         self._thread.start()
 

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--camera", type=parse_camera, default=None, metavar="N|none",
                         help="webcam index for the face modality (default: none, audio only); an unplugged camera "
                              "or a face out of view only marks the face missing")
+    parser.add_argument("--face-model", type=Path, default=None,
+                        help="MediaPipe face_landmarker.task (default: $MERC_FACE_MODEL, the cache, "
+                             "../shared/models, else the official file, downloaded and checksummed)")
     parser.add_argument("--mic", default=None,
                         help="input device index or name substring (default: the system's default input)")
     parser.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
@@ -89,7 +92,16 @@ def _mic_device(value: str | None) -> int | str | None:
 
 
 def live(args: argparse.Namespace) -> int:
+    """The microphone session: fails at once, clearly, when there is no microphone."""
     from .audio import MicSource
+
+    return run_session(args, MicSource(_mic_device(args.mic)))
+
+
+def run_session(args: argparse.Namespace, source) -> int:
+    """A live session on any audio source (the microphone, or a recording standing in for one in
+    tests): camera and face tracking, the pipeline, the server, the recorder, until the source ends,
+    --duration passes, Ctrl-C or SIGTERM."""
     from .events import EventBus
     from .pipeline import Pipeline
     from .recording import RecordingWriter
@@ -98,20 +110,18 @@ def live(args: argparse.Namespace) -> int:
     from .vad import SileroVAD
 
     bus = EventBus(session=f"live-{uuid.uuid4().hex[:8]}")
-    devices = {"microphone": None, "camera": None if args.camera is None else False, "face": None}
+    devices = {"microphone": True, "camera": None if args.camera is None else False, "face": None}
 
     def status(change: dict) -> None:
         message = change.pop("message", None)
         devices.update({k: v for k, v in change.items() if k in devices})
         bus.publish({"type": "status", "devices": dict(devices), "message": message or "devices changed"})
 
-    source = MicSource(_mic_device(args.mic), on_status=status)
-    source.start()  # fails here, clearly, when there is no microphone
-    devices["microphone"] = True
+    source.on_status = status
+    tracker = load_tracker(args)
     face_tracker = camera = None
     if args.camera is not None:
-        camera, face_tracker = _start_camera(args.camera, status, source.started)
-    tracker = load_tracker(args)
+        camera, face_tracker = _start_camera(args.camera, status, source, args.face_model)
     processor = build_processor(args, tracker, face_tracker)
     recorder = None
     if args.record is not None:
@@ -119,20 +129,30 @@ def live(args: argparse.Namespace) -> int:
                                                  "model": hello_body(tracker, args)["model"]})
         bus.subscribe(recorder.write_event)
     server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port)
-    url = server.start()
+    try:
+        url = server.start()
+    except Exception:
+        if recorder is not None:
+            recorder.close()
+        raise
     print(f"merc-live: listening on {source.name}; events on {url}; Ctrl-C stops", file=sys.stderr, flush=True)
     bus.subscribe(turn_printer(as_json=args.json))
-    status({"message": "session started"})
     pipeline = Pipeline(source, TurnSegmenter(SileroVAD(), segmenter_options(args)), processor, bus,
                         on_audio=recorder.write_audio if recorder else None)
-    if args.duration:
-        threading.Timer(args.duration, pipeline.stop).start()
-    signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
+    timer = threading.Timer(args.duration, pipeline.stop) if args.duration else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
+    status({"message": "session started"})
     try:
         pipeline.run()
     except KeyboardInterrupt:
         pipeline.stop()
     finally:
+        if timer is not None:
+            timer.cancel()
         if face_tracker is not None:
             face_tracker.stop()
         if camera is not None:
@@ -141,12 +161,12 @@ def live(args: argparse.Namespace) -> int:
         if recorder is not None:
             recorder.close()
             print(f"merc-live: recorded into {args.record}", file=sys.stderr)
-    if source.overruns:
+    if getattr(source, "overruns", 0):
         print(f"merc-live: the pipeline fell behind: {source.overruns} audio blocks dropped", file=sys.stderr)
     return 0
 
 
-def _start_camera(index: int, status, audio_start: float):
+def _start_camera(index: int, status, audio, face_model: Path | None):
     """Camera capture and face tracking threads on the audio's clock (session time 0 = the first
     microphone sample), so a turn's frames are those heard with it. A camera that cannot open is
     reported and the session goes on without the face modality. Only the face tracker reports
@@ -157,7 +177,10 @@ def _start_camera(index: int, status, audio_start: float):
 
     from .video import CameraSource, FaceTracker
 
-    camera = CameraSource(index, clock=lambda: time.monotonic() - audio_start)
+    def session_time() -> float:  # 0 = the first audio sample (frames before it count as 0)
+        return time.monotonic() - audio.started if getattr(audio, "started", None) else 0.0
+
+    camera = CameraSource(index, clock=session_time)
     try:
         camera.start()
     except Exception as err:
@@ -165,7 +188,7 @@ def _start_camera(index: int, status, audio_start: float):
             raise
         status({"camera": False, "message": f"camera {index}: {err}; going on without the face modality"})
         return None, None
-    tracker = FaceTracker(camera, FaceAnalyzer.load(mode="video"), on_status=status)
+    tracker = FaceTracker(camera, FaceAnalyzer.load(face_model, mode="video"), on_status=status)
     tracker.start()
     return camera, tracker
 

@@ -266,3 +266,23 @@ def test_a_camera_unplugged_mid_session_only_marks_the_face_missing(processor, d
     assert all(t["modalities"] == ["text"] for t in turns)  # the default model reads text only
     assert any(s.get("camera") is False for s in statuses)
     assert np.isfinite(face_features(tracker.observations_between(0, 7))).all()
+
+
+def test_a_live_session_records_and_serves(tmp_path, processor):
+    """merc-live's session on a recording standing in for the microphone: --record writes a recording
+    that replays, events carry the session's status, and the server is up while it runs."""
+    from merc.stream.cli import build_parser, run_session
+
+    args = build_parser().parse_args(["--record", str(tmp_path / "rec"), "--port", "0", "--camera", "none"])
+    source = WavFileSource(KITCHEN / "audio.wav", speed=None)
+    assert run_session(args, source) == 0
+    rec = open_recording(tmp_path / "rec")
+    assert rec.problems == () and rec.manifest["source"] == "merc-live"
+    assert abs(WavFileSource(rec.audio).duration - source.duration) < 0.05
+    events = read_jsonl(rec.directory / "events.jsonl")
+    assert events[0]["type"] == "status" and events[0]["devices"]["microphone"] is True
+    turns = [e for e in events if e["type"] == "turn"]
+    assert len(turns) == len(read_gold(open_recording(KITCHEN)))
+    replayed = replay(rec.directory, processor)
+    assert [t["text"] for t in replayed if t["type"] == "turn"] == [t["text"] for t in turns]
+
