@@ -80,16 +80,19 @@ def build_processor(args: argparse.Namespace, tracker, face_tracker=None) -> Tur
 
 
 def warm_up(processor: TurnProcessor) -> None:
-    """Run each model once on noise, so the first real turn does not pay for lazy initialisation
-    (the first voice embedding alone takes seconds)."""
-    import numpy as np
+    """Run each model once on real speech (the bundled example's first seconds), so the first turn
+    of a session does not pay for lazy initialisation: the first voice embedding alone takes a
+    second or more, and noise would not reach the model (Resemblyzer's VAD drops it)."""
+    import soundfile as sf
 
-    noise = np.random.default_rng(0).normal(0, 0.05, 24000).astype(np.float32)
-    processor.transcriber.transcribe(noise)
+    from .replay_cli import example_recording
+
+    speech, _ = sf.read(str(example_recording() / "audio.wav"), frames=3 * 16000, dtype="float32")
+    processor.transcriber.transcribe(speech)
     if processor.embedder is not None:
-        processor.embedder.embed(noise)
+        processor.embedder.embed(speech)
     if processor.acoustic is not None:
-        processor.acoustic(noise)
+        processor.acoustic(speech)
 
 
 def hello_body(tracker, args: argparse.Namespace) -> dict[str, Any]:
