@@ -126,19 +126,44 @@ def _local_dir(model: str | Path, required: str) -> Path:
     return path
 
 
-class FasterWhisperTranscriber:
-    """Whisper on CTranslate2 (faster-whisper): int8 on CPU, float16 on CUDA."""
+SHORT_WINDOW_PAD = 3.0  # seconds of silence after the turn in a short window
+SHORT_WINDOW_MIN = 10.0  # shortest window: with only ~2 s of padding, tiny.en loops
 
-    def __init__(self, model: Any, name: str, beam_size: int = DEFAULT_BEAM) -> None:
+
+def short_window_frames(seconds: float) -> int:
+    """Log-mel frames of the encoder window for a turn of `seconds` in "turn" mode: the turn plus
+    SHORT_WINDOW_PAD of silence, at least SHORT_WINDOW_MIN, at most Whisper's 30 s (even: the
+    encoder's convolution halves it)."""
+    frames = math.ceil(min(WINDOW_SECONDS, max(SHORT_WINDOW_MIN, seconds + SHORT_WINDOW_PAD)) * SAMPLE_RATE / HOP)
+    return frames - frames % 2
+
+
+class FasterWhisperTranscriber:
+    """Whisper on CTranslate2 (faster-whisper): int8 on CPU, float16 on CUDA.
+
+    window="full" encodes every turn in Whisper's 30-s window, as faster-whisper does. window="turn"
+    (the default, for turns up to 27 s) encodes only the turn plus 3 s of silence (at least 10 s):
+    the encoder's cost grows with its input, so short turns cost a fraction (figures in
+    bench/asr.py's results). CTranslate2 accepts a shorter encoder input; faster-whisper's own
+    `transcribe` always pads to 30 s, so "turn" decodes with CTranslate2 directly, with the same
+    options.
+    """
+
+    def __init__(self, model: Any, name: str, beam_size: int = DEFAULT_BEAM, window: str = "turn") -> None:
+        if window not in ("turn", "full"):
+            raise ValueError(f"window is 'turn' or 'full', got {window!r}")
         self.model = model
         self.name = name
         self.beam_size = _check_beam(beam_size)
+        self.window = window
 
     @classmethod
     def load(cls, model: str | Path = PACKAGED_MODEL, device: str = "auto", compute_type: str | None = None,
-             threads: int | None = None, beam_size: int = DEFAULT_BEAM) -> FasterWhisperTranscriber:
+             threads: int | None = None, beam_size: int = DEFAULT_BEAM,
+             window: str = "turn") -> FasterWhisperTranscriber:
         """``model``: a size name (``tiny.en`` resolves to the packaged copy when installed), a hub
-        id, or a local CTranslate2 directory. ``threads``: CPU threads (default: CTranslate2's)."""
+        id, or a local CTranslate2 directory. ``threads``: CPU threads (default: CTranslate2's).
+        ``window``: "turn" (a short encoder window, the default) or "full" (Whisper's 30 s)."""
         import ctranslate2
         from faster_whisper import WhisperModel
 
@@ -168,7 +193,7 @@ class FasterWhisperTranscriber:
             whisper = WhisperModel(str(source), device=device, compute_type=compute_type, cpu_threads=threads or 0)
         except (RuntimeError, ValueError, OSError) as error:
             raise TranscriberError(f"cannot load the faster-whisper model {source}: {error}") from error
-        return cls(whisper, f"faster-whisper/{label}/{compute_type}/{device}", beam_size)
+        return cls(whisper, f"faster-whisper/{label}/{compute_type}/{device}", _check_beam(beam_size), window)
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Text of one turn (16 kHz mono float32)."""
@@ -176,6 +201,8 @@ class FasterWhisperTranscriber:
         audio = _check_audio(audio)
         if audio.size == 0:
             return _combine([], started, LANGUAGE)
+        if self.window == "turn" and len(audio) / SAMPLE_RATE + SHORT_WINDOW_PAD <= WINDOW_SECONDS:
+            return _combine([self._decode_short(audio)], started, LANGUAGE)
         window = min(len(audio) / SAMPLE_RATE, WINDOW_SECONDS)
         segments, info = self.model.transcribe(
             audio, language=LANGUAGE, task="transcribe", beam_size=self.beam_size, temperature=0.0,
@@ -184,6 +211,30 @@ class FasterWhisperTranscriber:
             max_new_tokens=max_new_tokens(window, self.model.max_length // 2))
         windows = [_Window(s.text, s.avg_logprob, s.no_speech_prob, len(s.tokens)) for s in segments]
         return _combine(windows, started, info.language)
+
+    def _decode_short(self, audio: np.ndarray) -> _Window:
+        """One turn in a window of short_window_frames(): encode, then beam search, with
+        CTranslate2 directly (faster-whisper's decoding options, English, no timestamps)."""
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        whisper = self.model
+        frames = short_window_frames(len(audio) / SAMPLE_RATE)
+        mel = whisper.feature_extractor(audio)[:, :-1]  # the extractor's final 160-sample pad adds a frame
+        mel = np.pad(mel, ((0, 0), (0, max(0, frames - mel.shape[1]))))[:, :frames]
+        encoded = whisper.model.encode(get_ctranslate2_storage(np.ascontiguousarray(mel[None], dtype=np.float32)))
+        tokenizer = Tokenizer(whisper.hf_tokenizer, whisper.model.is_multilingual, task="transcribe",
+                              language=LANGUAGE)
+        prompt = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        result = whisper.model.generate(
+            encoded, [prompt], beam_size=self.beam_size, patience=1.0, length_penalty=1.0,
+            max_length=len(prompt) + max_new_tokens(len(audio) / SAMPLE_RATE, whisper.max_length // 2),
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])[0]
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        # CTranslate2's score is the cumulative log-probability divided by length ** length_penalty;
+        # faster-whisper turns it back and averages over the tokens plus end of text, as here.
+        avg_logprob = result.scores[0] * max(1, len(result.sequences_ids[0])) / (len(result.sequences_ids[0]) + 1)
+        return _Window(tokenizer.decode(tokens), avg_logprob, result.no_speech_prob, len(tokens))
 
 
 def _torch_dtype(dtype: Any, device: str):
