@@ -8,17 +8,14 @@ graph; every result is pushed to WebSocket clients and printed. `--record DIR` k
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 import uuid
 from pathlib import Path
 
-from .cli_common import HelpFormatter, add_model_arguments, check_model_arguments, is_input_error, load_tracker
+from .cli_common import HelpFormatter, add_model_arguments, is_input_error, load_tracker, parse_arguments, run_command
 from .session import add_pipeline_arguments, build_processor, hello_body, segmenter_options, turn_printer
-
-log = logging.getLogger("merc.stream.live")
 
 
 def parse_camera(value: str) -> int | None:
@@ -65,26 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_model_arguments(parser, args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("merc").setLevel(logging.INFO)
+    args = parse_arguments(build_parser(), argv)
     if args.list_devices:
-        try:
-            import sounddevice as sd
-        except OSError as err:
-            print(f"merc-live: error: {err} (install PortAudio: apt install libportaudio2)", file=sys.stderr)
-            return 2
-        print(sd.query_devices())
-        return 0
+        return run_command("merc-live", _list_devices, args)
+    return run_command("merc-live", live, args)
+
+
+def _list_devices(args: argparse.Namespace) -> int:
+    from .audio import AudioSourceError
+
     try:
-        return live(args)
-    except Exception as err:
-        if not is_input_error(err):
-            raise
-        print(f"merc-live: error: {err}", file=sys.stderr)
-        return 2
+        import sounddevice as sd
+    except OSError as err:
+        raise AudioSourceError(f"{err} (install PortAudio: apt install libportaudio2)") from err
+    print(sd.query_devices())
+    return 0
 
 
 def _mic_device(value: str | None) -> int | str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -48,6 +49,32 @@ def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--bundle serves with ONNX Runtime; --engine torch needs a model directory (--model)")
     if engine == "torch" and (args.precision != "fp32" or args.threads):
         parser.error("--precision and --threads apply to the onnx engine only")
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, check the model options, and make merc's logs say what is happening (INFO)."""
+    import logging
+
+    args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("merc").setLevel(logging.INFO)
+    return args
+
+
+def run_command(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command: bad input (a file, a model, a device) is one line on stderr and status 2,
+    Ctrl-C is status 130; anything else is a bug and keeps its traceback."""
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not is_input_error(err):
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def load_tracker(args: argparse.Namespace):

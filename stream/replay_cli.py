@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import uuid
 from importlib import resources
 from pathlib import Path
 
-from .cli_common import HelpFormatter, add_model_arguments, check_model_arguments, is_input_error, load_tracker
+from .cli_common import HelpFormatter, add_model_arguments, load_tracker, parse_arguments, run_command
 from .session import add_pipeline_arguments, build_processor, hello_body, segmenter_options, turn_printer
 
 EXAMPLE_RECORDING = "recording"
@@ -83,18 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_model_arguments(parser, args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("merc").setLevel(logging.INFO)
-    try:
-        return replay(args)
-    except Exception as err:
-        if not is_input_error(err):
-            raise
-        print(f"merc-replay: error: {err}", file=sys.stderr)
-        return 2
+    return run_command("merc-replay", replay, parse_arguments(build_parser(), argv))
 
 
 def replay(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from merc.stream.audio import WavFileSource
-from merc.stream.recording import (RecordingError, RecordingWriter, open_recording, read_gold, read_jsonl)
+from merc.stream.recording import RecordingError, RecordingWriter, open_recording, read_jsonl
 
 
 def test_writer_round_trip(tmp_path):

@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 
 from merc.clients.client import follow
-from merc.stream.audio import AudioChunk, WavFileSource
+from merc.stream.audio import WavFileSource
 from merc.stream.events import EventBus, schema
 from merc.stream.recording import open_recording, read_gold, read_jsonl
 from merc.stream.replay import replay_recording
