@@ -26,9 +26,9 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                           "(CTranslate2 for faster-whisper, Hugging Face format for transformers)")
     asr.add_argument("--asr-device", default="auto",
                      help="auto, cpu or cuda for speech recognition and the voice encoder (auto: the GPU when there is one)")
-    asr.add_argument("--asr-window", choices=("turn", "full"), default="turn",
-                     help="faster-whisper's encoder window: turn = the turn plus 3 s (at least 10 s), about twice "
-                          "as fast on short turns with the same words on our benchmark; full = Whisper's 30 s")
+    asr.add_argument("--asr-window", choices=("full", "turn"), default="full",
+                     help="faster-whisper's encoder window: full = Whisper's 30 s; turn = the turn plus 3 s (at "
+                          "least 10 s): about 3x faster on 3-s turns, same words on clean speech, more errors in noise")
     turns = parser.add_argument_group("turns and speakers")
     turns.add_argument("--speakers", type=int, default=None,
                        help="how many people talk (a hint: never more speaker labels than this); without it "
@@ -51,7 +51,7 @@ def load_transcriber(args: argparse.Namespace):
     if args.asr == "transformers":
         return TransformersWhisperTranscriber.load(args.asr_model, device=args.asr_device)
     return FasterWhisperTranscriber.load(args.asr_model, device=args.asr_device,
-                                         window=getattr(args, "asr_window", "turn"))
+                                         window=getattr(args, "asr_window", "full"))
 
 
 def build_processor(args: argparse.Namespace, tracker, face_tracker=None) -> TurnProcessor:
