@@ -70,7 +70,8 @@ class RecordingWriter:
         self._last_manifest = time.monotonic()
 
     def write_audio(self, samples: np.ndarray) -> None:
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+        # x 32768, as readers divide: PCM-16 audio round-trips exactly (a replay hears what was heard)
+        pcm = np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2")
         self._wav.writeframes(pcm.tobytes())  # also rewrites the header's sizes
         self._wav._file.flush()  # wave has no public flush; its file object is the one we opened
         self._frames += len(pcm)

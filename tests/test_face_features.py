@@ -167,11 +167,11 @@ def test_model_path_explicit_and_env(model_path, tmp_path, monkeypatch):
 def test_model_path_prefers_verified_cache_then_shared_copy(model_path, tmp_path, monkeypatch):
     monkeypatch.delenv("MERC_FACE_MODEL", raising=False)
     monkeypatch.setenv("MERC_CACHE", str(tmp_path))
-    assert face_model_path() == model_path.resolve()  # empty cache: the shared dev copy
+    assert face_model_path().resolve() == model_path.resolve()  # empty cache: the shared dev copy
     cached = tmp_path / "weights" / "face_landmarker.task"
     cached.parent.mkdir()
     cached.write_bytes(b"truncated")
-    assert face_model_path() == model_path.resolve()  # corrupt cache entry is not used
+    assert face_model_path().resolve() == model_path.resolve()  # corrupt cache entry is not used
     cached.write_bytes(model_path.read_bytes())
     assert face_model_path() == cached
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 from merc.clients.client import follow
@@ -283,6 +284,13 @@ def test_a_live_session_records_and_serves(tmp_path, processor):
     assert events[0]["type"] == "status" and events[0]["devices"]["microphone"] is True
     turns = [e for e in events if e["type"] == "turn"]
     assert len(turns) == len(read_gold(open_recording(KITCHEN)))
+    assert np.array_equal(_pcm(rec.audio), _pcm(KITCHEN / "audio.wav"))  # what was heard, sample for sample
     replayed = replay(rec.directory, processor)
     assert [t["text"] for t in replayed if t["type"] == "turn"] == [t["text"] for t in turns]
+
+
+def _pcm(path: Path):
+    import soundfile as sf
+
+    return sf.read(str(path), dtype="int16")[0]
 
