@@ -11,6 +11,7 @@
 
 Prints one JSON object (and writes it to --out). Run with the machine otherwise idle:
     python bench/live_latency.py --count 6 --out bench/results/DATE-live-latency.json
+    python bench/live_latency.py --count 6 --asr-window turn --out bench/results/DATE-live-latency-turn-window.json
 """
 from __future__ import annotations
 
@@ -84,6 +85,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--asr", default="faster-whisper")
     parser.add_argument("--asr-model", default="tiny.en")
+    parser.add_argument("--asr-window", choices=("full", "turn"), default="full",
+                        help="faster-whisper's encoder window (see merc-replay --help)")
     parser.add_argument("--no-max", action="store_true", help="skip the --speed max pass")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -103,7 +106,8 @@ def main() -> int:
         else:
             dirs = synthesise(args.count, Path(tmp), args.data_dir, args.seed)
         options = argparse.Namespace(model=None, bundle=None, precision="fp32", threads=None, device="cpu",
-                                     asr=args.asr, asr_model=args.asr_model, asr_device="cpu", speakers=None)
+                                     asr=args.asr, asr_model=args.asr_model, asr_device="cpu", speakers=None,
+                                     asr_window=args.asr_window)
         tracker = load_tracker(options)
         processor = build_processor(options, tracker)
         per_turn, scores, realtime = [], [], []
@@ -143,7 +147,7 @@ def main() -> int:
         "bench": "live_latency", "date": date.today().isoformat(),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "omp_threads": os.environ.get("OMP_NUM_THREADS")},
-        "asr": f"{args.asr}:{args.asr_model}", "model": str(default_model_dir().name),
+        "asr": f"{args.asr}:{args.asr_model}", "asr_window": args.asr_window, "model": str(default_model_dir().name),
         "recordings": len(dirs), "turns": len(per_turn),
         "end_of_speech_to_event_ms": stat("e2e_ms"),
         "excluding_silence_wait_ms": stat("after_silence_ms"),
