@@ -36,8 +36,10 @@ class EventServer:
     """Serve `bus` over WebSocket on HOST:PORT (port 0 picks a free one; see `url`)."""
 
     def __init__(self, bus: EventBus, hello: dict[str, Any], host: str = "127.0.0.1", port: int = 8765,
-                 queue_size: int = 1024, on_control: Callable[[str], str | None] | None = None) -> None:
+                 queue_size: int = 1024, on_control: Callable[[str], str | None] | None = None,
+                 process_request: Callable | None = None) -> None:
         self.bus = bus
+        self.process_request = process_request  # websockets' hook: plain HTTP on the same port (the overlay)
         self.hello = hello
         self.host = host
         self.port = port
@@ -53,6 +55,10 @@ class EventServer:
     @property
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
 
     def start(self) -> str:
         """Bind and serve in a background thread; returns the URL once clients can connect."""
@@ -85,7 +91,8 @@ class EventServer:
         from websockets.asyncio.server import serve
 
         self._stopping = asyncio.Event()
-        async with serve(self._connection, self.host, self.port, max_size=MAX_MESSAGE_BYTES) as server:
+        async with serve(self._connection, self.host, self.port, max_size=MAX_MESSAGE_BYTES,
+                         process_request=self.process_request) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stopping.wait()

@@ -1,0 +1,274 @@
+// merc-live overlay: follows the event server it was served from and draws turns, a per-speaker
+// emotion timeline, device availability and the connection state. Vanilla JS, no build step.
+//
+// URL parameters: transparent=1 (no background, for OBS), compact=1 (last few turns, large type),
+// token=... (passed on to the WebSocket URL for servers that require one).
+(function () {
+  "use strict";
+
+  const PROTOCOL_VERSION = 1;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const COMPACT_TURNS = 3;
+  const FULL_TURNS = 50;
+  const TIMELINE_SECONDS = 300; // the timeline shows the last five minutes of the conversation
+  const BACKOFF_MS = [250, 5000]; // first retry, ceiling (doubling in between)
+
+  // MELD-7 and IEMOCAP-6 share hues for the same emotion so a viewer learns one palette.
+  const COLOURS = {
+    neutral: "#9aa5b1", neu: "#9aa5b1",
+    joy: "#f5c518", hap: "#f5c518",
+    exc: "#ff9f1c",
+    surprise: "#ff7a00",
+    anger: "#e53935", ang: "#e53935",
+    fru: "#b5651d",
+    sadness: "#3b82f6", sad: "#3b82f6",
+    disgust: "#43a047",
+    fear: "#8e44ad",
+  };
+
+  function colourOf(label) {
+    if (COLOURS[label]) return COLOURS[label];
+    let hash = 0; // an unknown label still gets a stable colour of its own
+    for (const ch of String(label)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+    return `hsl(${hash % 360}, 60%, 55%)`;
+  }
+
+  function readOptions(search) {
+    const params = new URLSearchParams(search);
+    const flag = (name) => ["1", "true", "yes", ""].includes(params.get(name) ?? "no");
+    return { transparent: flag("transparent"), compact: flag("compact"), token: params.get("token") };
+  }
+
+  function socketUrl(loc, since, token) {
+    // `since` in the URL makes the server's backlog atomic with the subscription, so events
+    // published while the socket opens can neither overtake the backlog nor be lost.
+    const query = new URLSearchParams({ since: String(since) });
+    if (token) query.set("token", token);
+    return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/?${query}`;
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text; // never innerHTML: transcripts are untrusted
+    return node;
+  }
+
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+    return node;
+  }
+
+  function createOverlay(doc, loc) {
+    const options = readOptions(loc.search);
+    const view = {
+      connection: doc.getElementById("connection"),
+      connectionText: doc.getElementById("connection-text"),
+      devices: doc.getElementById("devices"),
+      notice: doc.getElementById("notice"),
+      turns: doc.getElementById("turns"),
+      timeline: doc.getElementById("timeline"),
+      legend: doc.getElementById("legend"),
+    };
+    const state = {
+      session: null, labels: [], turns: [], lastSeq: 0, missed: 0, connectionState: "connecting",
+      connections: 0, devices: { microphone: null, camera: null, face: null }, socket: null,
+      backoff: BACKOFF_MS[0], retryTimer: null, held: false, noticeTimer: null,
+    };
+    doc.body.classList.toggle("transparent", options.transparent);
+    doc.body.classList.toggle("compact", options.compact);
+
+    function setConnection(name, detail) {
+      state.connectionState = name;
+      view.connection.dataset.state = name;
+      view.connectionText.textContent = detail ? `${name} (${detail})` : name;
+    }
+
+    function notify(message) {
+      view.notice.textContent = message;
+      view.notice.hidden = false;
+      clearTimeout(state.noticeTimer);
+      state.noticeTimer = setTimeout(() => { view.notice.hidden = true; }, 8000);
+    }
+
+    function connect() {
+      state.retryTimer = null;
+      setConnection(state.connections === 0 ? "connecting" : "reconnecting");
+      const socket = new WebSocket(socketUrl(loc, state.lastSeq, options.token));
+      state.socket = socket;
+      socket.onopen = () => socket.send(JSON.stringify({ type: "hello", since: state.lastSeq }));
+      socket.onmessage = (message) => {
+        if (socket === state.socket) receive(JSON.parse(message.data));
+      };
+      socket.onclose = () => {
+        if (socket !== state.socket) return; // an old socket closing late
+        state.socket = null;
+        if (state.connectionState !== "incompatible") scheduleReconnect();
+      };
+    }
+
+    function scheduleReconnect() {
+      if (state.held || state.retryTimer !== null) {
+        setConnection("reconnecting", state.held ? "held" : undefined);
+        return;
+      }
+      const delay = state.backoff;
+      state.backoff = Math.min(BACKOFF_MS[1], state.backoff * 2);
+      setConnection("reconnecting", `in ${(delay / 1000).toFixed(1)} s`);
+      state.retryTimer = setTimeout(connect, delay);
+    }
+
+    function receive(event) {
+      if (event.v !== PROTOCOL_VERSION) {
+        setConnection("incompatible", `server speaks v${event.v}, overlay v${PROTOCOL_VERSION}`);
+        state.socket.close();
+        return;
+      }
+      if (event.type === "hello") return greet(event);
+      if (event.direct) { // a pong, or an error about our own message: outside the sequence
+        if (event.type === "error") notify(event.message);
+        return;
+      }
+      if (event.seq <= state.lastSeq) return; // already shown: a resume may overlap
+      state.missed += Math.max(0, event.seq - state.lastSeq - 1);
+      state.lastSeq = event.seq;
+      if (event.type === "turn") addTurn(event);
+      else if (event.type === "status") updateDevices(event);
+      else if (event.type === "error") notify(event.message);
+    }
+
+    function greet(hello) {
+      if (state.session !== null && hello.session !== state.session) {
+        // A new session numbers its events from 1 again: start over from its beginning.
+        forget();
+        state.session = hello.session;
+        const old = state.socket;
+        state.socket = null; // ignore what the old socket still delivers (the old numbering)
+        old.close();
+        connect();
+        return;
+      }
+      state.session = hello.session;
+      state.connections += 1;
+      state.backoff = BACKOFF_MS[0]; // reset only once the server has really let us in
+      state.labels = hello.labels || [];
+      drawLegend();
+      setConnection("live");
+    }
+
+    function forget() {
+      state.turns = [];
+      state.lastSeq = 0;
+      state.missed = 0;
+      view.turns.replaceChildren();
+      drawTimeline();
+    }
+
+    function addTurn(event) {
+      state.turns.push(event);
+      const row = element("li", "turn");
+      row.dataset.seq = event.seq;
+      row.dataset.label = event.label;
+      row.style.setProperty("--emotion", colourOf(event.label));
+      row.append(element("span", "speaker", event.speaker ?? "?"),
+        element("span", "label", `${event.label} ${Math.round(event.confidence * 100)}%`),
+        element("span", "text", event.text));
+      view.turns.append(row);
+      const keep = options.compact ? COMPACT_TURNS : FULL_TURNS;
+      while (view.turns.children.length > keep) view.turns.firstElementChild.remove();
+      view.turns.scrollTop = view.turns.scrollHeight;
+      drawTimeline();
+    }
+
+    function updateDevices(event) {
+      for (const [name, on] of Object.entries(event.devices || {})) {
+        if (!(name in state.devices)) continue;
+        state.devices[name] = on;
+        const item = view.devices.querySelector(`[data-device="${name}"]`);
+        item.dataset.on = on === null ? "unknown" : String(on);
+        item.title = event.message;
+      }
+    }
+
+    function drawLegend() {
+      view.legend.replaceChildren(...state.labels.map((label) => {
+        const item = element("li", "legend-item", label);
+        item.style.setProperty("--emotion", colourOf(label));
+        return item;
+      }));
+    }
+
+    function drawTimeline() {
+      const chart = view.timeline;
+      const speakers = [...new Set(state.turns.map((t) => t.speaker ?? "?"))];
+      const width = Math.max(200, chart.clientWidth || 600);
+      const lane = 22, left = 44, top = 4, axis = 16;
+      const height = top + speakers.length * lane + axis;
+      chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+      chart.setAttribute("height", String(height));
+      chart.replaceChildren();
+      if (state.turns.length === 0) return;
+      const end = Math.max(...state.turns.map((t) => t.t_end));
+      const start = Math.max(0, end - TIMELINE_SECONDS);
+      const span = Math.max(1, end - start);
+      const x = (t) => left + ((t - start) / span) * (width - left - 4);
+      speakers.forEach((speaker, i) => {
+        chart.append(svg("line", { class: "lane", x1: left, x2: width, y1: top + (i + 1) * lane,
+          y2: top + (i + 1) * lane }));
+        const name = svg("text", { class: "lane-name", x: 2, y: top + i * lane + lane * 0.7 });
+        name.textContent = speaker;
+        chart.append(name);
+      });
+      const step = [1, 2, 5, 10, 15, 30, 60, 120].find((s) => span / s <= 8) || 300;
+      for (let t = Math.ceil(start / step) * step; t <= end; t += step) {
+        const tick = svg("text", { class: "tick", x: x(t), y: height - 3 });
+        tick.textContent = `${t}s`;
+        chart.append(tick);
+      }
+      for (const turn of state.turns) {
+        if (turn.t_end < start) continue;
+        const from = Math.max(start, turn.t_start);
+        const mark = svg("rect", {
+          class: "mark", "data-seq": turn.seq, "data-label": turn.label,
+          x: x(from), width: Math.max(3, x(turn.t_end) - x(from)),
+          y: top + speakers.indexOf(turn.speaker ?? "?") * lane + 3, height: lane - 6, rx: 3,
+          fill: colourOf(turn.label), "fill-opacity": 0.35 + 0.65 * turn.confidence,
+        });
+        const tip = svg("title", {});
+        tip.textContent = `${turn.speaker ?? "?"} · ${turn.label} ${Math.round(turn.confidence * 100)}% · ${turn.text}`;
+        mark.append(tip);
+        chart.append(mark);
+      }
+    }
+
+    // Small hooks for tests and for debugging from the console.
+    const hooks = {
+      get turns() { return state.turns.map((t) => ({ seq: t.seq, turn: t.turn, speaker: t.speaker,
+        label: t.label, confidence: t.confidence, text: t.text })); },
+      get lastSeq() { return state.lastSeq; },
+      get missed() { return state.missed; },
+      get state() { return state.connectionState; },
+      get connections() { return state.connections; },
+      get devices() { return { ...state.devices }; },
+      get labels() { return [...state.labels]; },
+      options,
+      // Drop the socket as a network failure would; `hold` keeps it down until reconnect().
+      dropConnection(hold = false) {
+        state.held = hold;
+        if (state.socket) state.socket.close();
+      },
+      reconnect() {
+        state.held = false;
+        clearTimeout(state.retryTimer);
+        state.retryTimer = null;
+        if (!state.socket) connect();
+      },
+    };
+    addEventListener("resize", drawTimeline);
+    connect();
+    return hooks;
+  }
+
+  window.mercOverlay = createOverlay(document, window.location);
+})();

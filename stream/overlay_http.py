@@ -1,0 +1,53 @@
+"""Serving the browser overlay (clients/overlay/) on the event server's own port.
+
+The overlay is three static files; serving them from the WebSocket port means one address to open
+(or to paste into OBS) and no second server. The websockets server calls `process_request` before
+each handshake: a WebSocket upgrade goes on to the event stream, a GET for an overlay file gets the
+file, anything else a 404.
+"""
+from __future__ import annotations
+
+import http
+from importlib import resources
+from urllib.parse import urlparse
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+# Request path -> (file in merc.clients' overlay/, content type). Only these are ever served.
+OVERLAY_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/overlay.js": ("overlay.js", "text/javascript; charset=utf-8"),
+    "/overlay.css": ("overlay.css", "text/css; charset=utf-8"),
+}
+
+
+def overlay_response(path: str) -> tuple[int, str, bytes] | None:
+    """(status, content type, body) of the overlay file at request `path` (its query ignored), or
+    None when the path is not one of the overlay's."""
+    entry = OVERLAY_FILES.get(urlparse(path).path)
+    if entry is None:
+        return None
+    name, content_type = entry
+    body = (resources.files("merc.clients") / "overlay" / name).read_bytes()
+    return 200, content_type, body
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    return "websocket" in request.headers.get("Upgrade", "").lower()
+
+
+def process_request(connection, request: Request) -> Response | None:
+    """The websockets `process_request` hook: None lets a WebSocket handshake proceed; a plain GET
+    is answered with an overlay file or 404, and the connection closes after it."""
+    if is_websocket_upgrade(request):
+        return None
+    found = overlay_response(request.path)
+    if found is None:
+        return connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the overlay is at /\n")
+    status, content_type, body = found
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                       ("Connection", "close")])
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)

@@ -1,0 +1,271 @@
+"""The browser overlay (clients/overlay/) in Debian's Chromium, driven headless by Playwright, against
+the event server replaying a fixture recording: turns with their labels, the timeline, the device
+panel, a dropped connection and a restarted server resumed without duplicates or gaps, and the
+transparent and compact modes. Screenshots go to tests/artifacts/overlay*.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from merc.stream.events import EventBus, turn_event
+from merc.stream.overlay_http import process_request
+from merc.stream.recording import open_recording
+from merc.stream.replay import replay_recording
+from merc.stream.server import EventServer
+
+KITCHEN = Path(__file__).parent / "fixtures" / "recordings" / "kitchen-2spk"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = Path(os.environ.get("MERC_CHROMIUM", "/usr/bin/chromium"))  # Debian's package (README: install)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+WAIT_MS = 15_000
+TIMINGS = ("segmentation", "asr", "features", "speaker", "graph", "total")
+HELLO = {"labels": ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"],
+         "model": {"label_set": "meld-7"}, "modalities": ["text"]}
+
+
+def skip_loudly(reason: str) -> None:
+    message = f"OVERLAY BROWSER TESTS SKIPPED: {reason}"
+    warnings.warn(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError as err:
+        skip_loudly(f"the playwright package is not installed ({err}); pip install -e '.[test]'")
+    if not CHROMIUM.is_file():
+        skip_loudly(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MERC_CHROMIUM)")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Error as err:
+            skip_loudly(f"Chromium at {CHROMIUM} does not start: {err}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def processor():
+    """The live per-turn components (ASR, speakers, the default model's bundle), as merc-replay loads them."""
+    from merc.stream.cli_common import load_tracker
+    from merc.stream.session import build_processor
+
+    args = argparse.Namespace(model=None, bundle=None, precision="fp32", threads=None, device="cpu",
+                              asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
+    return build_processor(args, load_tracker(args))
+
+
+class Served:
+    """An event server with the overlay on its port, and the bus it serves."""
+
+    def __init__(self, session: str, port: int = 0, bus: EventBus | None = None) -> None:
+        self.bus = bus or EventBus(session)
+        self.server = EventServer(self.bus, HELLO, port=port, process_request=process_request)
+        self.server.start()
+
+    def turns(self) -> list[dict]:
+        return [e for e in self.bus.events() if e["type"] == "turn"]
+
+    def publish_turn(self, text: str, label: str = "anger", speaker: str = "S3") -> dict:
+        t = 30.0 + self.bus.last_seq
+        return self.bus.publish(turn_event(turn=self.bus.last_seq, speaker=speaker, t_start=t, t_end=t + 1.5, text=text,
+                                           label=label, confidence=0.8, probs={label: 0.8}, modalities=["text"],
+                                           available=["text", "audio"], timings_ms=dict.fromkeys(TIMINGS, 1.0),
+                                           speech_end=time.time()))
+
+
+def open_overlay(browser, served: Served, query: str = ""):
+    page = browser.new_page(viewport={"width": 900, "height": 600})
+    page.goto(served.server.http_url + query)
+    page.wait_for_function("window.mercOverlay && mercOverlay.state === 'live'", timeout=WAIT_MS)
+    return page
+
+
+def wait_caught_up(page, served: Served) -> None:
+    page.wait_for_function(f"mercOverlay.lastSeq >= {served.bus.last_seq}", timeout=WAIT_MS)
+
+
+def screenshot(page, name: str, transparent: bool = False) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), omit_background=transparent)
+    assert (ARTIFACTS / name).stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def replayed(browser, processor):
+    """A page open while the kitchen recording replays into the server's bus: (served, page)."""
+    served = Served("overlay-replay")
+    page = open_overlay(browser, served)
+    worker = threading.Thread(target=replay_recording, args=(open_recording(KITCHEN), processor, served.bus, None))
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive() and len(served.turns()) >= 4
+    wait_caught_up(page, served)
+    yield served, page
+    page.close()
+    served.server.stop()
+
+
+def test_turns_appear_with_their_labels_coloured_by_emotion(replayed):
+    served, page = replayed
+    published = served.turns()
+    shown = page.evaluate("mercOverlay.turns")
+    assert [(t["seq"], t["speaker"], t["label"], t["text"]) for t in shown] == \
+        [(e["seq"], e["speaker"], e["label"], e["text"]) for e in published]
+    rows = page.locator("#turns .turn")
+    assert rows.count() == len(published)
+    for i, event in enumerate(published):
+        row = rows.nth(i)
+        assert row.locator(".speaker").inner_text() == event["speaker"]
+        assert row.locator(".label").inner_text() == f"{event['label']} {round(event['confidence'] * 100)}%"
+        assert row.locator(".text").inner_text() == event["text"]
+    colours = {e["label"]: rows.nth(i).evaluate("r => getComputedStyle(r).borderLeftColor")
+               for i, e in enumerate(published)}
+    assert colours.get("neutral", "rgb(154, 165, 177)") == "rgb(154, 165, 177)"
+    assert colours.get("joy", "rgb(245, 197, 24)") == "rgb(245, 197, 24)"
+    assert page.evaluate("mercOverlay.missed") == 0
+    assert page.locator("#connection").get_attribute("data-state") == "live"
+    screenshot(page, "overlay.png")
+
+
+def test_the_timeline_has_a_lane_per_speaker_and_a_mark_per_turn(replayed):
+    served, page = replayed
+    published = served.turns()
+    marks = page.locator("#timeline rect.mark")
+    assert marks.count() == len(published)
+    assert [marks.nth(i).get_attribute("data-label") for i in range(marks.count())] == [e["label"] for e in published]
+    speakers = list(dict.fromkeys(e["speaker"] for e in published))
+    assert page.locator("#timeline .lane-name").all_text_contents() == speakers
+    boxes = [marks.nth(i).bounding_box() for i in range(marks.count())]
+    assert all(b is not None and b["width"] > 0 and b["height"] > 0 for b in boxes)
+    assert [b["x"] for b in boxes] == sorted(b["x"] for b in boxes)  # later turns further right
+    lane_y = {}
+    for event, box in zip(published, boxes):
+        lane_y.setdefault(event["speaker"], box["y"])
+        assert box["y"] == lane_y[event["speaker"]]  # one lane per speaker
+    assert len(set(lane_y.values())) == len(speakers)
+    assert page.locator("#legend .legend-item").all_inner_texts() == HELLO["labels"]
+
+
+def test_the_device_panel_follows_status_events(replayed):
+    served, page = replayed
+    served.bus.publish({"type": "status", "devices": {"microphone": True, "camera": False, "face": False},
+                        "message": "camera 0: unplugged"})
+    camera = page.locator('#devices [data-device="camera"]')
+    page.wait_for_function("mercOverlay.devices.camera === false", timeout=WAIT_MS)
+    assert camera.get_attribute("data-on") == "false"
+    assert page.locator('#devices [data-device="microphone"]').get_attribute("data-on") == "true"
+    assert "line-through" in camera.evaluate("e => getComputedStyle(e).textDecorationLine")
+    served.bus.publish({"type": "status", "devices": {"microphone": True, "camera": True, "face": True},
+                        "message": "face in view"})
+    page.wait_for_function("mercOverlay.devices.face === true", timeout=WAIT_MS)
+    assert camera.get_attribute("data-on") == "true"
+
+
+def test_a_dropped_connection_resumes_without_duplicates_or_gaps(browser):
+    """Down while events are published, then back while more are published every few ms: the
+    page ends with every turn exactly once and none missing."""
+    served = Served("overlay-drop")
+    try:
+        served.publish_turn("before the drop")
+        page = open_overlay(browser, served)
+        wait_caught_up(page, served)
+        page.evaluate("mercOverlay.dropConnection(true)")
+        page.wait_for_function("mercOverlay.state === 'reconnecting'", timeout=WAIT_MS)
+        seen = page.evaluate("mercOverlay.lastSeq")
+        for i in range(3):
+            served.publish_turn(f"while down {i}")
+        time.sleep(0.3)
+        assert page.evaluate("mercOverlay.lastSeq") == seen  # truly disconnected: nothing arrived
+
+        stop = threading.Event()
+
+        def publish_meanwhile():
+            for i in range(200):
+                if stop.is_set():
+                    return
+                served.publish_turn(f"during the reconnect {i}", label="joy")
+                time.sleep(0.005)
+
+        publisher = threading.Thread(target=publish_meanwhile)
+        publisher.start()
+        page.evaluate("mercOverlay.reconnect()")
+        page.wait_for_function("mercOverlay.state === 'live' && mercOverlay.connections === 2", timeout=WAIT_MS)
+        time.sleep(0.2)
+        stop.set()
+        publisher.join()
+        wait_caught_up(page, served)
+        shown = [t["seq"] for t in page.evaluate("mercOverlay.turns")]
+        assert shown == [e["seq"] for e in served.turns()]  # each once, in order, none missing
+        assert page.locator("#turns .turn").count() == min(len(shown), 50)
+        assert page.evaluate("mercOverlay.missed") == 0
+        page.close()
+    finally:
+        served.server.stop()
+
+
+def test_a_restarted_server_is_rejoined_automatically(browser):
+    """The server goes away (every socket closed) and comes back on the same port: the page
+    reconnects by itself with backoff and resumes; a new session starts the page over."""
+    served = Served("overlay-restart")
+    try:
+        served.publish_turn("first")
+        page = open_overlay(browser, served)
+        wait_caught_up(page, served)
+        port = served.server.port
+        served.server.stop()
+        page.wait_for_function("mercOverlay.state === 'reconnecting'", timeout=WAIT_MS)
+        served.publish_turn("published while the server was down")
+        served = Served("overlay-restart", port=port, bus=served.bus)
+        page.wait_for_function("mercOverlay.connections === 2 && mercOverlay.state === 'live'", timeout=WAIT_MS)
+        wait_caught_up(page, served)
+        assert [t["text"] for t in page.evaluate("mercOverlay.turns")] == ["first", "published while the server was down"]
+
+        served.server.stop()
+        served = Served("overlay-restart-2", port=port)  # a new session numbers from 1 again
+        served.publish_turn("new session", label="sadness")
+        page.wait_for_function("mercOverlay.turns.length === 1 && mercOverlay.turns[0].text === 'new session'",
+                               timeout=WAIT_MS)
+        assert page.locator("#turns .turn").all_inner_texts()[0].endswith("new session")
+        page.close()
+    finally:
+        served.server.stop()
+
+
+def test_transparent_and_compact_modes_and_the_token(replayed, browser):
+    served, _ = replayed
+    plain = open_overlay(browser, served)
+    assert plain.evaluate("getComputedStyle(document.body).backgroundColor") != "rgba(0, 0, 0, 0)"
+    plain.close()
+
+    transparent = open_overlay(browser, served, "?transparent=1")
+    wait_caught_up(transparent, served)
+    for element in ("document.documentElement", "document.body"):
+        assert transparent.evaluate(f"getComputedStyle({element}).backgroundColor") == "rgba(0, 0, 0, 0)"
+    screenshot(transparent, "overlay-transparent.png", transparent=True)
+    transparent.close()
+
+    sockets: list[str] = []
+    compact = browser.new_page(viewport={"width": 900, "height": 400})
+    compact.on("websocket", lambda ws: sockets.append(ws.url))
+    compact.goto(served.server.http_url + "?compact=1&transparent=1&token=s3cret")
+    compact.wait_for_function("window.mercOverlay && mercOverlay.state === 'live'", timeout=WAIT_MS)
+    wait_caught_up(compact, served)
+    rows = compact.locator("#turns .turn")
+    assert rows.count() == 3 < len(served.turns())
+    assert rows.nth(2).locator(".text").inner_text() == served.turns()[-1]["text"]
+    assert float(rows.nth(0).evaluate("r => parseFloat(getComputedStyle(r).fontSize)")) >= 24
+    assert not compact.locator("#timeline-panel").is_visible()
+    assert sockets and "token=s3cret" in sockets[0]
+    screenshot(compact, "overlay-compact.png", transparent=True)
+    compact.close()
