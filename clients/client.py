@@ -39,7 +39,9 @@ async def follow(url: str, since: int = 0, reconnect: bool = True, max_backoff: 
     backoff = 0.2
     while True:
         try:
-            async with connect(url) as websocket:
+            # ?since= resumes atomically with the subscription (a hello message alone would race
+            # with events published before the server reads it)
+            async with connect(_with_since(url, last)) as websocket:
                 await websocket.send(json.dumps({"type": "hello", "since": last}))
                 backoff = 0.2
                 async for message in websocket:
@@ -62,6 +64,15 @@ async def follow(url: str, since: int = 0, reconnect: bool = True, max_backoff: 
             log.info("connection to %s lost (%s); reconnecting in %.1f s", url, err, backoff)
         await asyncio.sleep(backoff)
         backoff = min(max_backoff, backoff * 2)
+
+
+def _with_since(url: str, since: int) -> str:
+    """`url` with its `since` query parameter set (other parameters, such as a token, kept)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "since"] + [("since", str(since))]
+    return urlunsplit(parts._replace(path=parts.path or "/", query=urlencode(query)))
 
 
 async def _print(url: str) -> None:
