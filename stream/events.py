@@ -66,6 +66,12 @@ class EventBus:
     def last_seq(self) -> int:
         return self._seq
 
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers are attached (a server adds one, whatever its number of clients)."""
+        with self._lock:
+            return len(self._subscribers)
+
     def publish(self, body: dict[str, Any]) -> dict[str, Any]:
         """Stamp `body` (v, seq, session, sent) and deliver it; returns the event."""
         with self._lock:

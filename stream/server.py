@@ -1,31 +1,64 @@
 """The WebSocket service: every published event goes to every connected client.
 
 Runs its own asyncio loop in a thread, so the pipeline thread never waits on a socket: the bus
-hands each event to the loop (`call_soon_threadsafe`) and each connection drains its own bounded
-queue. A client that cannot keep up is disconnected with a reason instead of slowing anyone.
+hands each event to the loop once (`call_soon_threadsafe`, whatever the number of clients), the
+loop serialises it once and pushes it into each connection's bounded queue (stream/delivery.py),
+and each connection drains its own queue.
 
-Client messages (JSON objects):
+Client messages (JSON objects; parsed in stream/protocol.py):
     {"type": "hello", "since": N}   resume: resend the kept events with seq > N, then go live
     {"type": "ping"}                answered with {"type": "pong"}
     {"type": "control", "action": "reset" | "pause" | "resume"}
 A client may also resume by connecting to ws://HOST:PORT/?since=N. Anything malformed or unknown
-gets an `error` event back; the connection stays open.
+gets an `error` event back (code bad_json, bad_message, unknown_type, control_failed); the
+connection and the session go on.
+
+Access (the opening handshake; stream/access.py):
+    - Binds 127.0.0.1 by default. Any other host needs a token (refused at start without one); a
+      client gives it as ws://HOST:PORT/?token=T or an `Authorization: Bearer T` header. A missing
+      or wrong token is answered HTTP 401. On loopback without a token the service is open.
+    - Browsers: a handshake whose Origin is not the server's own (http(s)://localhost|127.0.0.1|
+      [::1]:PORT on loopback, else the Host connected to) or in `allow_origins` is answered HTTP 403.
+      No Origin (a non-browser client) is allowed.
+    - Plain HTTP requests (not upgrades) go to `process_request` (the overlay's static files), which
+      carry no events and need no token.
+
+Limits and close codes:
+    - A message over 64 KiB closes the connection with 1009 (message too big): websockets enforces
+      it while reading the frame, before it is buffered whole.
+    - Each connection may send 20 messages/s (bursts of 40). Beyond that messages are dropped and an
+      `error` event with code "rate_limited" says so (at most once a second); the connection stays.
+      A client that keeps flooding (400 messages over the rate) is closed with 1008 "rate limit
+      exceeded".
+    - Each connection has a bounded queue (`queue_size` events). When it is full the oldest
+      non-final events (turn.partial, status, published errors) are dropped first, never a `turn`;
+      when it is full of turns the client is closed with 1008 "client too slow: ...". Its backlog
+      (what a resume asked for) is not counted.
+    - 1001 (going away) when the server stops.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import socket
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlparse
 
+from .access import AccessPolicy, exposure_problem
+from .delivery import ClientQueue, Outgoing
 from .events import PROTOCOL_VERSION, EventBus
+from .protocol import Admission, Control, Invalid, Ping, RateLimiter, Resume, parse
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
+# The kernel's send buffer per connection, fixed instead of autotuned (up to MiBs): a client that stops
+# reading is noticed after this much plus its queue, and holds no more memory than that.
+SEND_BUFFER_BYTES = 128 * 1024
 
 
 class ServerError(RuntimeError):
@@ -37,8 +70,12 @@ class EventServer:
 
     def __init__(self, bus: EventBus, hello: dict[str, Any], host: str = "127.0.0.1", port: int = 8765,
                  queue_size: int = 1024, on_control: Callable[[str], str | None] | None = None,
-                 process_request: Callable | None = None) -> None:
+                 process_request: Callable | None = None, token: str | None = None,
+                 allow_origins: Iterable[str] = (), rate: float = 20.0, burst: int = 40) -> None:
         self.bus = bus
+        self.token = token or None
+        self.allow_origins = tuple(allow_origins)
+        self.rate, self.burst = rate, burst
         self.process_request = process_request  # websockets' hook: plain HTTP on the same port (the overlay)
         self.hello = hello
         self.host = host
@@ -46,6 +83,8 @@ class EventServer:
         self.queue_size = queue_size
         self.on_control = on_control
         self.connections = 0
+        self._clients: set[_Client] = set()
+        self._access: AccessPolicy | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -61,7 +100,11 @@ class EventServer:
         return f"http://{self.host}:{self.port}/"
 
     def start(self) -> str:
-        """Bind and serve in a background thread; returns the URL once clients can connect."""
+        """Bind and serve in a background thread; returns the URL once clients can connect.
+        Refuses (ServerError) a host beyond loopback without a token."""
+        problem = exposure_problem(self.host, self.token)
+        if problem:
+            raise ServerError(f"refusing to serve on {self.host}:{self.port}: {problem}")
         self._thread = threading.Thread(target=self._run, name="event-server", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -72,10 +115,19 @@ class EventServer:
 
     def stop(self) -> None:
         """Close every connection (code 1001, going away) and the listening socket."""
-        if self._loop is not None and self._stopping is not None:
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def task_count(self, timeout: float = 5.0) -> int:
+        """How many asyncio tasks the server's loop holds now (thread-safe; for leak checks)."""
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1  # not this one
+
+        if self._loop is None or self._loop.is_closed():
+            return 0
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(timeout)
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -90,96 +142,161 @@ class EventServer:
     async def _serve(self) -> None:
         from websockets.asyncio.server import serve
 
+        loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+
+        def deliver(event: dict) -> None:  # on the publishing thread: one O(1) hand-off, never blocks
+            try:
+                loop.call_soon_threadsafe(self._fan_out, event)
+            except RuntimeError:  # the loop closed while this publish was under way
+                pass
+
         async with serve(self._connection, self.host, self.port, max_size=MAX_MESSAGE_BYTES,
-                         process_request=self.process_request) as server:
+                         process_request=self._process_request) as server:
             self.port = server.sockets[0].getsockname()[1]
+            self._access = AccessPolicy.create(self.host, self.port, self.token, self.allow_origins)
+            self.bus.subscribe(deliver)
             self._ready.set()
-            await self._stopping.wait()
+            try:
+                await self._stopping.wait()
+            finally:
+                self.bus.unsubscribe(deliver)
             server.close(close_connections=True)
             await server.wait_closed()
+
+    def _process_request(self, connection, request):
+        """Refuse a WebSocket handshake without the token (401) or from a foreign Origin (403); hand
+        everything else to `process_request` (None: go on with the handshake)."""
+        if any("websocket" in value.lower() for value in request.headers.get_all("Upgrade")):
+            if self._access is None:
+                return connection.respond(503, "starting\n")
+            denial = self._access.check(request.path, request.headers)
+            if denial is not None:
+                log.info("refused a connection: %d %s", denial.status, denial.reason)
+                response = connection.respond(denial.status, denial.reason + "\n")
+                if denial.status == 401:
+                    response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        if self.process_request is not None:
+            return self.process_request(connection, request)
+        return None
 
     def _stamp(self, body: dict) -> dict:
         """A reply to this connection only (hello, pong, error): `direct`, with the last published seq."""
         return {"v": PROTOCOL_VERSION, "seq": self.bus.last_seq, "session": self.bus.session,
                 "sent": round(time.time(), 3), "direct": True, **body}
 
+    def _error_event(self, code: str, message: str) -> dict:
+        return self._stamp({"type": "error", "code": code, "message": message})
+
+    def _fan_out(self, event: dict) -> None:  # on the loop: serialised once for every client
+        if not self._clients:
+            return
+        item = Outgoing.of(event)
+        for client in list(self._clients):
+            if client.queue.push(item):
+                client.ready.set()
+            else:
+                self._drop(client, f"client too slow: {client.queue.capacity} turns queued")
+
+    def _drop(self, client: _Client, reason: str) -> None:
+        """Stop feeding `client` and close it (1008) without waiting on its socket here."""
+        self._clients.discard(client)
+        if client.closing is None:
+            log.info("closing a connection: %s", reason)
+            client.closing = asyncio.ensure_future(client.websocket.close(1008, reason))
+
     async def _connection(self, websocket) -> None:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=self.queue_size)
-
-        def enqueue(event: dict) -> None:  # on the loop
-            if queue.full():
-                asyncio.ensure_future(websocket.close(1008, "client too slow: event queue full"))
-                return
-            queue.put_nowait(event)
-
-        def deliver(event: dict) -> None:  # on the pipeline thread
-            loop.call_soon_threadsafe(enqueue, event)
-
+        client = _Client(websocket, ClientQueue(self.queue_size), RateLimiter(self.rate, self.burst))
         since = _since_from_path(websocket.request.path if websocket.request else "/")
-        backlog = self.bus.subscribe(deliver, since=since)
+        # registered and given its backlog in one step on the loop: nothing published falls between
+        self._clients.add(client)
+        if since is not None:
+            client.queue.resume(self.bus.history(since))
+        hello = self._stamp({"type": "hello", "last_seq": self.bus.last_seq, **self.hello})
         self.connections += 1
+        _limit_send_buffer(websocket)
         sender = None
         try:
-            await websocket.send(json.dumps(self._stamp({"type": "hello", "last_seq": self.bus.last_seq,
-                                                         **self.hello})))
-            for event in backlog:
-                enqueue(event)
-            sender = asyncio.create_task(self._send_loop(websocket, queue))
+            await websocket.send(json.dumps(hello))
+            sender = asyncio.create_task(self._send_loop(client))
             async for message in websocket:
-                reply, resume = self._handle(message)
+                if client.closing is not None:  # read on, unanswered, so the closing handshake gets through
+                    continue
+                admission = client.limiter.admit(loop.time())
+                if admission is Admission.CLOSE:
+                    self._drop(client, "rate limit exceeded")
+                    continue
+                if admission is Admission.DROP_AND_WARN:
+                    await websocket.send(json.dumps(self._error_event(
+                        "rate_limited", f"more than {self.rate:g} messages/s: messages are being dropped")))
+                if admission is not Admission.ACCEPT:
+                    continue
+                reply, resume = self.handle(message)
                 if resume is not None:
-                    for event in self.bus.history(since=resume):
-                        enqueue(event)
+                    client.queue.resume(self.bus.history(resume))
+                    client.ready.set()
                 if reply is not None:
                     await websocket.send(json.dumps(reply))
         except Exception as err:  # a connection's failure ends that connection only
             log.debug("connection closed: %s", err)
         finally:
-            self.bus.unsubscribe(deliver)
+            self._clients.discard(client)
             if sender is not None:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
+            if client.closing is not None:
+                await asyncio.gather(client.closing, return_exceptions=True)
             self.connections -= 1
 
-    async def _send_loop(self, websocket, queue: asyncio.Queue) -> None:
-        sent = 0
+    async def _send_loop(self, client: _Client) -> None:
         while True:
-            event = await queue.get()
-            if event["seq"] <= sent:  # a resume can overlap what was already sent
+            item = client.queue.pop()
+            if item is None:
+                client.ready.clear()
+                await client.ready.wait()
                 continue
-            await websocket.send(json.dumps(event))
-            sent = event["seq"]
+            await client.websocket.send(item.text)
 
-    def _handle(self, message: str | bytes) -> tuple[dict | None, int | None]:
-        """The reply to one client message, and the seq to resume after (if it asked)."""
-        try:
-            data = json.loads(message)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            return self._stamp({"type": "error", "code": "bad_json", "message": f"not JSON: {err}"}), None
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            return self._stamp({"type": "error", "code": "bad_message",
-                                "message": "a message is a JSON object with a string \"type\""}), None
-        kind = data["type"]
-        if kind == "ping":
+    def handle(self, message: str | bytes) -> tuple[dict | None, int | None]:
+        """The reply to one client message (None: nothing to say), and the seq to resume after (if it
+        asked). Never raises: whatever a client sends, the connection and the session go on."""
+        request = parse(message)
+        if isinstance(request, Ping):
             return self._stamp({"type": "pong"}), None
-        if kind in ("hello", "subscribe"):
-            since = data.get("since", 0)
-            if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-                return self._stamp({"type": "error", "code": "bad_message",
-                                    "message": "\"since\" must be a non-negative integer seq"}), None
-            return None, since
-        if kind == "control":
-            action = data.get("action")
-            if action not in ("reset", "pause", "resume"):
-                return self._stamp({"type": "error", "code": "bad_message",
-                                    "message": "control action must be reset, pause or resume"}), None
-            problem = self.on_control(action) if self.on_control else "control is not available in this session"
-            if problem:
-                return self._stamp({"type": "error", "code": "control_failed", "message": problem}), None
-            return None, None
-        return self._stamp({"type": "error", "code": "unknown_type", "message": f"unknown message type {kind!r}"}), None
+        if isinstance(request, Resume):
+            return None, request.since
+        if isinstance(request, Control):
+            try:
+                problem = self.on_control(request.action) if self.on_control else \
+                    "control is not available in this session"
+            except Exception as err:  # the session's failure to act is the client's error, not the connection's
+                log.warning("control %s failed", request.action, exc_info=True)
+                problem = f"{request.action} failed: {err}"
+            return (self._error_event("control_failed", problem) if problem else None), None
+        assert isinstance(request, Invalid)
+        return self._error_event(request.code, request.message), None
+
+
+@dataclass(eq=False)
+class _Client:
+    """One connection's state on the server's loop."""
+
+    websocket: Any
+    queue: ClientQueue
+    limiter: RateLimiter
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Future | None = None
+
+
+def _limit_send_buffer(websocket) -> None:
+    sock = websocket.transport.get_extra_info("socket") if websocket.transport else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:  # not a TCP socket (a test transport): nothing to limit
+            pass
 
 
 def _since_from_path(path: str) -> int | None:
