@@ -8,6 +8,7 @@ graph; every result is pushed to WebSocket clients and printed. `--record DIR` k
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -54,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the WebSocket server binds (127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8765, help="WebSocket port (0 = any free port)")
+    parser.add_argument("--token", default=None,
+                        help="clients must give this token (ws://HOST:PORT/?token=T or 'Authorization: Bearer T'); "
+                             "required with a --host other than loopback (default: $MERC_TOKEN)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
+                             "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
+                             "that send none")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines instead of a table")
     add_pipeline_arguments(parser)
@@ -62,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(build_parser(), argv)
+    from .access import exposure_problem
+
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
+    args.token = args.token or os.environ.get("MERC_TOKEN")
+    if not args.list_devices and (problem := exposure_problem(args.host, args.token)):
+        parser.error(problem)  # before loading any model
     if args.list_devices:
         return run_command("merc-live", _list_devices, args)
     return run_command("merc-live", live, args)
@@ -120,7 +134,8 @@ def run_session(args: argparse.Namespace, source) -> int:
         recorder = RecordingWriter(args.record, {"source": "merc-live", "camera": args.camera,
                                                  "model": hello_body(tracker, args)["model"]})
         bus.subscribe(recorder.write_event)
-    server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port)
+    server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port,
+                         token=args.token, allow_origins=args.allow_origin)
     try:
         url = server.start()
     except Exception:

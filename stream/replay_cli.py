@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
 from importlib import resources
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve", action="store_true", help="also serve the events over WebSocket while replaying")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (with --serve)")
     parser.add_argument("--port", type=int, default=8765, help="port to serve on (with --serve; 0 = any free port)")
+    parser.add_argument("--token", default=None,
+                        help="clients must give this token (ws://HOST:PORT/?token=T or 'Authorization: Bearer T'); "
+                             "required with a --host other than loopback (default: $MERC_TOKEN)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
+                             "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
+                             "that send none")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines instead of a table")
     add_pipeline_arguments(parser)
     add_model_arguments(parser, torch_engine=False)
@@ -82,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command("merc-replay", replay, parse_arguments(build_parser(), argv))
+    from .access import exposure_problem
+
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
+    args.token = args.token or os.environ.get("MERC_TOKEN")
+    if args.serve and (problem := exposure_problem(args.host, args.token)):
+        parser.error(problem)  # before loading any model
+    return run_command("merc-replay", replay, args)
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -99,7 +114,8 @@ def replay(args: argparse.Namespace) -> int:
     if args.serve:
         from .server import EventServer
 
-        server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port)
+        server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port,
+                             token=args.token, allow_origins=args.allow_origin)
         print(f"serving events on {server.start()}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as events:

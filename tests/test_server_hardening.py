@@ -310,3 +310,13 @@ def test_fifty_clients_come_and_go_without_leaking(served):
     assert bus.subscriber_count == subscribers
     assert fd_count() <= fds + 3
     assert rss[-1] - rss[1] < 16 * 2**20  # after the first rounds' warm-up, no growth to speak of
+
+
+def test_the_commands_refuse_to_expose_events_without_a_token(capsys, monkeypatch):
+    from merc.stream import cli, replay_cli
+
+    monkeypatch.delenv("MERC_TOKEN", raising=False)
+    for main, argv in ((cli.main, ["--host", "0.0.0.0"]), (replay_cli.main, ["--serve", "--host", "0.0.0.0"])):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2 and "--token" in capsys.readouterr().err
