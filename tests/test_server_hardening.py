@@ -217,6 +217,7 @@ class StalledClient:
 
     def read_to_end(self) -> tuple[list[dict], object]:
         """Everything it was sent, and the close frame it got."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**20)  # a tiny window would crawl
         self.sock.settimeout(10)
         events = []
         while data := self.sock.recv(65536):
