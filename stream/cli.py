@@ -109,6 +109,8 @@ def run_session(args: argparse.Namespace, source) -> int:
     tests): camera and face tracking, the pipeline, the server, the recorder, until the source ends,
     --duration passes, Ctrl-C or SIGTERM."""
     from .events import EventBus
+    from .overlay_http import overlay_url
+    from .overlay_http import process_request as overlay_request
     from .pipeline import Pipeline
     from .recording import RecordingWriter
     from .segmenter import TurnSegmenter
@@ -135,14 +137,15 @@ def run_session(args: argparse.Namespace, source) -> int:
                                                  "model": hello_body(tracker, args)["model"]})
         bus.subscribe(recorder.write_event)
     server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port,
-                         token=args.token, allow_origins=args.allow_origin)
+                         token=args.token, allow_origins=args.allow_origin, process_request=overlay_request)
     try:
         url = server.start()
     except Exception:
         if recorder is not None:
             recorder.close()
         raise
-    print(f"merc-live: listening on {source.name}; events on {url}; Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"merc-live: listening on {source.name}; overlay on {overlay_url(server, args.token)}; events on {url}; "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
     bus.subscribe(turn_printer(as_json=args.json))
     pipeline = Pipeline(source, TurnSegmenter(SileroVAD(), segmenter_options(args)), processor, bus,
                         on_audio=recorder.write_audio if recorder else None)

@@ -51,3 +51,17 @@ def process_request(connection, request: Request) -> Response | None:
                        ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
                        ("Connection", "close")])
     return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def overlay_url(server, token: str | None = None) -> str:
+    """The address to open the overlay at: a wildcard bind (0.0.0.0, ::) is shown as this machine's
+    host name, which a browser can reach; the token, if any, is passed on."""
+    import socket
+    from urllib.parse import quote
+
+    host = server.host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{server.port}/" + (f"?token={quote(token)}" if token else "")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import threading
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -28,9 +30,10 @@ def example_recording() -> Path:
     return Path(str(resources.files("merc.stream") / "examples" / EXAMPLE_RECORDING))
 
 
-def parse_speed(value: str) -> float | None:
+def parse_speed(value: str) -> float:
+    """A speed factor; "max" is infinity (as fast as the pipeline runs)."""
     if value == "max":
-        return None
+        return math.inf
     try:
         speed = float(value)
     except ValueError:
@@ -41,9 +44,12 @@ def parse_speed(value: str) -> float | None:
 
 
 def default_out(recording: Path) -> Path:
-    """Next to the recording when it is writable, else in the current directory."""
+    """Next to the recording when it is writable; for the bundled example (or a read-only
+    recording), in merc's cache, so a first try leaves nothing in the working directory."""
     if recording.resolve() == example_recording().resolve() or not _writable(recording):
-        return Path.cwd() / f"{recording.name}.{REPLAY_EVENTS}"
+        from merc.models.paths import cache_dir
+
+        return cache_dir() / "replays" / f"{recording.name}.{REPLAY_EVENTS}"
     return recording / REPLAY_EVENTS
 
 
@@ -69,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recording directory (default: the bundled example)")
     parser.add_argument("--speed", type=parse_speed, default=None, metavar="X|max",
                         help="1 = real time (for latency), 2 = twice as fast, max = as fast as the pipeline runs "
-                             "(default: max)")
+                             "(default: max; with --serve, 1)")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"events file to write (default: DIR/{REPLAY_EVENTS}, or ./NAME.{REPLAY_EVENTS} when "
-                             "DIR is not writable or is the bundled example)")
-    parser.add_argument("--serve", action="store_true", help="also serve the events over WebSocket while replaying")
+                        help=f"events file to write (default: DIR/{REPLAY_EVENTS}; for the bundled example or a "
+                             f"read-only DIR, $MERC_CACHE/replays/NAME.{REPLAY_EVENTS})")
+    parser.add_argument("--serve", action="store_true",
+                        help="also serve the events and the overlay page while replaying (at real time unless "
+                             "--speed says otherwise), and keep serving afterwards until Ctrl-C")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (with --serve)")
     parser.add_argument("--port", type=int, default=8765, help="port to serve on (with --serve; 0 = any free port)")
     parser.add_argument("--token", default=None,
@@ -100,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("merc-replay", replay, args)
 
 
+def _speed(args: argparse.Namespace) -> float | None:
+    """The source's pace: None = as fast as possible."""
+    speed = args.speed if args.speed is not None else (1.0 if args.serve else math.inf)
+    return None if math.isinf(speed) else speed
+
+
 def replay(args: argparse.Namespace) -> int:
     from .events import EventBus
     from .recording import open_recording
@@ -114,9 +128,13 @@ def replay(args: argparse.Namespace) -> int:
     if args.serve:
         from .server import EventServer
 
+        from .overlay_http import overlay_url, process_request
+
         server = EventServer(bus, hello_body(tracker, args), host=args.host, port=args.port,
-                             token=args.token, allow_origins=args.allow_origin)
-        print(f"serving events on {server.start()}", flush=True)
+                             token=args.token, allow_origins=args.allow_origin, process_request=process_request)
+        url = server.start()
+        print(f"merc-replay: overlay on {overlay_url(server, args.token)}; events on {url}", file=sys.stderr,
+              flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as events:
         def write(event: dict) -> None:
@@ -125,8 +143,15 @@ def replay(args: argparse.Namespace) -> int:
 
         bus.subscribe(write)
         bus.subscribe(turn_printer(as_json=args.json))
+        result = None
         try:
-            result = replay_recording(recording, processor, bus, args.speed, segmenter_options(args))
+            result = replay_recording(recording, processor, bus, _speed(args), segmenter_options(args))
+            if server is not None:
+                print("merc-replay: replay done; still serving, Ctrl-C stops", file=sys.stderr, flush=True)
+                threading.Event().wait()
+        except KeyboardInterrupt:
+            if result is None:  # interrupted mid-replay: status 130
+                raise
         finally:
             if server is not None:
                 server.stop()
