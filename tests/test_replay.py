@@ -294,3 +294,37 @@ def _pcm(path: Path):
 
     return sf.read(str(path), dtype="int16")[0]
 
+
+
+def test_replay_serve_serves_the_overlay_and_the_events_until_interrupted():
+    """merc-replay --serve as a user runs it: the printed overlay URL answers with the page, a client
+    gets every turn (resuming from seq 0 after the replay), and Ctrl-C ends it cleanly."""
+    import re
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "merc.stream.replay_cli", str(KITCHEN), "--serve", "--port", "0",
+                             "--speed", "max", "--out", os.devnull], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        lines = []
+        while not any("still serving" in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "merc-replay ended early:\n" + "".join(lines)
+            lines.append(line)
+        url = re.search(r"overlay on (http://\S+);", "".join(lines)).group(1)
+        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert "<html" in page.lower() and "overlay.js" in page
+
+        async def turns():
+            got = []
+            async for event in follow(url.replace("http://", "ws://"), reconnect=False):
+                if event["type"] == "turn":
+                    got.append(event["turn"])
+                    if len(got) == len(read_gold(open_recording(KITCHEN))):
+                        return got
+
+        assert asyncio.run(asyncio.wait_for(turns(), 30)) == list(range(5))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
