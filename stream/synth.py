@@ -115,11 +115,11 @@ class Voice:
 
 
 # Built-in espeak-ng voices only (no mbrola): a language plus a variant, with a base pitch and speed.
-# Chosen with espeak-ng 1.51 for two things at once (scripts and figures in the closing notes of
-# 2026-11-23): intelligible to Whisper tiny.en (WER 0.12-0.23 on 14 of our own test sentences,
-# normalised; at 165-180 wpm the same variants scored 0.27-0.58, hence the slow speeds) and apart in
-# speaker-embedding space (Resemblyzer centroid cosine <= 0.72 within a gender, <= 0.68 across, below
-# the attributor's 0.78 threshold). Speakers of one gender take consecutive entries of its ring.
+# Chosen with espeak-ng 1.51 for two things at once (bench/synth_voices.py, results of 2026-11-23):
+# intelligible to Whisper tiny.en (WER 0.12-0.23 on 14 of our own sentences; the accent voices used
+# at first, at 165-175 wpm, scored 0.38-0.60) and apart in speaker-embedding space (Resemblyzer
+# centroid cosine <= 0.74 within a gender, <= 0.68 across, below the attributor's 0.78 threshold).
+# Speakers of one gender take consecutive entries of its ring.
 # ("en-gb+<variant>" ignores the variant in 1.51, hence en-us bases.)
 MALE_VOICES = (Voice("en-us+sandro", 35, 150), Voice("en-us+benjamin", 40, 145), Voice("en-us+m3", 40, 140))
 FEMALE_VOICES = (Voice("en-us+steph", 60, 140), Voice("en-us+anika", 45, 140), Voice("en-us+f2", 65, 130))
