@@ -201,17 +201,11 @@ class WavFileSource:
     def _samples(self) -> np.ndarray:
         import soundfile as sf
 
+        from merc.models.audio_features import to_mono_16k  # the resampling training uses
+
         with sf.SoundFile(str(self.path)) as f:
             audio = f.read(self.frames, dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-        if self.sample_rate != SAMPLE_RATE:
-            from math import gcd
-
-            from scipy.signal import resample_poly
-
-            g = gcd(SAMPLE_RATE, self.sample_rate)
-            audio = resample_poly(audio, SAMPLE_RATE // g, self.sample_rate // g).astype(np.float32)
-        return audio
+        return to_mono_16k(audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0], self.sample_rate)
 
     def start(self) -> None:
         self.started = time.monotonic()

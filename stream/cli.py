@@ -8,14 +8,16 @@ graph; every result is pushed to WebSocket clients and printed. `--record DIR` k
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 import uuid
 from pathlib import Path
 
-from .cli_common import HelpFormatter, add_model_arguments, is_input_error, load_tracker, parse_arguments, run_command
+from .cli_common import (
+    HelpFormatter, add_model_arguments, add_server_arguments, check_server_arguments, is_input_error,
+    load_tracker, parse_arguments, run_command,
+)
 from .session import add_pipeline_arguments, build_processor, hello_body, segmenter_options, turn_printer
 
 
@@ -52,31 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", type=Path, default=None, metavar="DIR",
                         help="record the session into DIR (audio.wav, manifest.json, events.jsonl), written as it "
                              "goes: a killed process loses at most the turn in progress")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address the WebSocket server binds (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8765, help="WebSocket port (0 = any free port)")
-    parser.add_argument("--token", default=None,
-                        help="clients must give this token (ws://HOST:PORT/?token=T or 'Authorization: Bearer T'); "
-                             "required with a --host other than loopback (default: $MERC_TOKEN)")
-    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                        help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
-                             "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
-                             "that send none")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines instead of a table")
+    add_server_arguments(parser)
     add_pipeline_arguments(parser)
     add_model_arguments(parser, torch_engine=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .access import exposure_problem
-
     parser = build_parser()
     args = parse_arguments(parser, argv)
-    args.token = args.token or os.environ.get("MERC_TOKEN")
-    if not args.list_devices and (problem := exposure_problem(args.host, args.token)):
-        parser.error(problem)  # before loading any model
+    check_server_arguments(parser, args, serving=not args.list_devices)
     if args.list_devices:
         return run_command("merc-live", _list_devices, args)
     return run_command("merc-live", live, args)

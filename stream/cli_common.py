@@ -3,6 +3,7 @@ options and loading the tracker they name, and which errors are the user's input
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -39,6 +40,32 @@ def add_model_arguments(parser: argparse.ArgumentParser, torch_engine: bool = Tr
     group.add_argument("--device", default=None,
                        help="auto (the GPU when there is one), cpu or cuda (default auto); with --engine torch the "
                             "default is cpu")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--host / --port / --token / --allow-origin of the event server (and overlay); `when` qualifies
+    the help ("with --serve")."""
+    group = parser.add_argument_group("event server and overlay")
+    group.add_argument("--host", default="127.0.0.1",
+                       help=f"address the WebSocket server binds{when} (127.0.0.1: this machine only)")
+    group.add_argument("--port", type=int, default=8765, help=f"WebSocket and overlay port{when} (0 = any free port)")
+    group.add_argument("--token", default=None,
+                       help="clients must give this token (ws://HOST:PORT/?token=T or 'Authorization: Bearer T'); "
+                            "required with a --host other than loopback (default: $MERC_TOKEN)")
+    group.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
+                            "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
+                            "that send none")
+
+
+def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, serving: bool) -> None:
+    """Take the token from $MERC_TOKEN when not given, and refuse an exposed host without one,
+    before any model loads."""
+    from .access import exposure_problem
+
+    args.token = args.token or os.environ.get("MERC_TOKEN")
+    if serving and (problem := exposure_problem(args.host, args.token)):
+        parser.error(problem)
 
 
 def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import threading
 import uuid
 from importlib import resources
 from pathlib import Path
 
-from .cli_common import HelpFormatter, add_model_arguments, load_tracker, parse_arguments, run_command
+from .cli_common import (
+    HelpFormatter, add_model_arguments, add_server_arguments, check_server_arguments, load_tracker,
+    parse_arguments, run_command,
+)
 from .session import add_pipeline_arguments, build_processor, hello_body, segmenter_options, turn_printer
 
 EXAMPLE_RECORDING = "recording"
@@ -82,29 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve", action="store_true",
                         help="also serve the events and the overlay page while replaying (at real time unless "
                              "--speed says otherwise), and keep serving afterwards until Ctrl-C")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (with --serve)")
-    parser.add_argument("--port", type=int, default=8765, help="port to serve on (with --serve; 0 = any free port)")
-    parser.add_argument("--token", default=None,
-                        help="clients must give this token (ws://HOST:PORT/?token=T or 'Authorization: Bearer T'); "
-                             "required with a --host other than loopback (default: $MERC_TOKEN)")
-    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                        help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
-                             "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
-                             "that send none")
     parser.add_argument("--json", action="store_true", help="print events as JSON lines instead of a table")
+    add_server_arguments(parser, " (with --serve)")
     add_pipeline_arguments(parser)
     add_model_arguments(parser, torch_engine=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .access import exposure_problem
-
     parser = build_parser()
     args = parse_arguments(parser, argv)
-    args.token = args.token or os.environ.get("MERC_TOKEN")
-    if args.serve and (problem := exposure_problem(args.host, args.token)):
-        parser.error(problem)  # before loading any model
+    check_server_arguments(parser, args, serving=args.serve)
     return run_command("merc-replay", replay, args)
 
 

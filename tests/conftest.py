@@ -15,3 +15,12 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set MERC_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """MediaPipe's face_landmarker.task from ../shared/models (the dev and test copy)."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "face_landmarker.task"
+    if not path.is_file():
+        pytest.skip(f"face landmarker model not found at {path}")
+    return path

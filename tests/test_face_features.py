@@ -22,15 +22,7 @@ from merc.models.face_features import (
 )
 from merc.models.paths import sha256_file
 
-SHARED_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "face_landmarker.task"
 SMILE = [BLENDSHAPE_NAMES.index("mouthSmileLeft"), BLENDSHAPE_NAMES.index("mouthSmileRight")]
-
-
-@pytest.fixture(scope="module")
-def model_path() -> Path:
-    if not SHARED_MODEL.is_file():
-        pytest.skip(f"face landmarker model not found at {SHARED_MODEL}")
-    return SHARED_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,10 @@ from merc.stream.video import (
     VideoSourceError,
 )
 
-SHARED_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "face_landmarker.task"
 FPS = 20.0
 FACE, BLANK = "face", "blank"
 # 40 frames of faces (2 s), 20 blank frames (1 s), 20 frames of faces (1 s) at 20 fps.
 LAYOUT = [FACE] * 40 + [BLANK] * 20 + [FACE] * 20
-
-
-@pytest.fixture(scope="module")
-def model_path() -> Path:
-    if not SHARED_MODEL.is_file():
-        pytest.skip(f"face landmarker model not found at {SHARED_MODEL}")
-    return SHARED_MODEL
 
 
 @pytest.fixture(scope="module")
