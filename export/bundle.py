@@ -61,6 +61,11 @@ class Manifest:
         return self.bundle_dir / name
 
     @property
+    def experts(self) -> dict[str, dict]:
+        """The expert graphs that turn audio and face into this model's inputs ({} for text models)."""
+        return dict(self.raw.get("source", {}).get("experts", {}))
+
+    @property
     def trained_modalities(self) -> tuple[str, ...]:
         """The modalities the model learned from (its corpus had them); serving feeds only these.
         Bundles that do not say are text models."""
@@ -176,15 +181,16 @@ class TurnTokenizer:
 def model_key(model_dir: str | Path) -> str:
     """A key for the bundle of `model_dir`: sha256 over its model files and the bundle format.
 
-    Covers model.json, model.safetensors and encoder/* (the fine-tuned encoder's spec and delta,
+    Covers model.json, model.safetensors, experts/* (a multimodal run's expert graphs) and encoder/* (the fine-tuned encoder's spec and delta,
     whose spec pins the base weights' id); a base encoder given by hub id or the packaged MiniLM
     is identified by that id in model.json (the packaged MiniLM is sha256-checked on extraction).
     """
     model_dir = Path(model_dir)
     digest = hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}".encode())
     files = [model_dir / "model.json", model_dir / "model.safetensors"]
-    if (model_dir / "encoder").is_dir():
-        files += sorted(p for p in (model_dir / "encoder").rglob("*") if p.is_file())
+    for sub in ("encoder", "experts"):
+        if (model_dir / sub).is_dir():
+            files += sorted(p for p in (model_dir / sub).rglob("*") if p.is_file())
     for path in files:
         if path.exists():
             digest.update(path.relative_to(model_dir).as_posix().encode())

@@ -162,14 +162,20 @@ def write_manifest(out: Path, model: TrainedModel, encoder: TextEncoder, opset: 
                    validation: dict | None) -> dict:
     config = model.dag.config
     encoder_files = {p: ENCODER_FILES[p] for p in ["fp32", *variants]}
-    names = [DAG_FILE, TOKENIZER_FILE, *encoder_files.values()]
+    experts = bundled_experts(model)
+    names = [DAG_FILE, TOKENIZER_FILE, *encoder_files.values(), *(e["file"] for e in experts.values())]
+    source = {k: model.meta[k] for k in ("corpus", "modalities") if k in model.meta}
+    if experts:
+        source["experts"] = experts
+        if "audio" in experts:
+            source["audio_features"] = experts["audio"]["features"]
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "opset": opset,
         "label_set": model.label_set.name,
         "labels": list(model.label_set.labels),
-        "source": {k: model.meta[k] for k in ("corpus", "modalities") if k in model.meta},
+        "source": source,
         "encoder": {
             "id": encoder.id, "spec": asdict(encoder.spec), "dim": encoder.dim,
             "pooling": encoder.spec.pooling, "context_turns": encoder.spec.context_turns,
@@ -189,6 +195,20 @@ def write_manifest(out: Path, model: TrainedModel, encoder: TextEncoder, opset: 
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def bundled_experts(model: TrainedModel) -> dict[str, dict]:
+    """The expert graphs a multimodal run serves with (model.json "experts"), as the bundle names them."""
+    return {m: {**spec, "file": Path(spec["file"]).name} for m, spec in model.meta.get("experts", {}).items()}
+
+
+def copy_experts(run_dir: Path, model: TrainedModel, out: Path) -> None:
+    """Copy the run's expert graphs into the bundle; a missing one fails the export, naming it."""
+    for spec in model.meta.get("experts", {}).values():
+        src = Path(run_dir) / spec["file"]
+        if not src.is_file():
+            raise ExportError(f"{src}: expert graph listed in {Path(run_dir) / 'model.json'} is missing")
+        shutil.copyfile(src, out / src.name)
 
 
 @contextlib.contextmanager
@@ -347,6 +367,7 @@ def export_bundle(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPS
     export_dag_step(model, work / DAG_FILE, opset)
     export_text_encoder(encoder, work / ENCODER_FILES["fp32"], opset)
     save_tokenizer(encoder, work / TOKENIZER_FILE)
+    copy_experts(Path(run_dir), model, work)
     if "int8" in variants:
         quantize_int8(work / ENCODER_FILES["fp32"], work / ENCODER_FILES["int8"])
     if "fp16" in variants:

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BLENDSHAPE_NAMES", "FACE_DIM", "FACE_FEATURE_NAMES", "FACE_MODEL_SHA256", "FACE_MODEL_URL",
     "STILL_MARGIN", "FaceAnalyzer", "FaceModelError", "FaceObservation", "download_face_model",
-    "face_features", "face_model_path", "head_pose", "prepare",
+    "face_crop", "face_features", "face_model_path", "head_pose", "prepare",
 ]
 
 FACE_MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/"
@@ -64,6 +64,12 @@ FACE_DIM = len(FACE_FEATURE_NAMES)  # 55: the face dim the model bundles declare
 
 DEFAULT_MIN_SIDE = 192  # upscale target for small stills (FER-2013 is 48x48); bench/face_detection.py
 STILL_MARGIN = 0.5  # grey border around tight face crops before detection; bench/face_detection.py
+# The face CNN's input framing, measured on FER-2013 (bench/face_crop.py): a FER image is a square
+# of CROP_SCALE x the larger side of MediaPipe's landmark box, centred CROP_SHIFT x that side above
+# the box centre (y down).
+CROP_SCALE = 1.09
+CROP_SHIFT = -0.05
+CROP_SIZE = 48
 
 
 class FaceModelError(RuntimeError):
@@ -143,6 +149,34 @@ class FaceObservation:
     t: float
     blendshapes: np.ndarray  # (52,) float32 in [0, 1], order BLENDSHAPE_NAMES
     pose: np.ndarray  # (3,) float32 radians: yaw, pitch, roll (module docstring)
+    crop: np.ndarray | None = None  # (48, 48) uint8 grey face crop framed like FER-2013 (face_crop)
+
+
+def face_crop(image_bgr: np.ndarray, landmarks_xy: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """A square grey crop of the face, framed as FER-2013 frames its faces, resized to `size`.
+
+    `landmarks_xy` (N, 2) are the face's landmark positions in pixels. Parts of the square outside
+    the image repeat the border pixels; downscaling averages (INTER_AREA), so a large face in a
+    high-resolution frame does not alias.
+    """
+    import cv2
+
+    landmarks_xy = np.asarray(landmarks_xy, dtype=np.float64)
+    if landmarks_xy.ndim != 2 or landmarks_xy.shape[1] != 2 or len(landmarks_xy) == 0:
+        raise ValueError(f"expected landmark positions (N, 2), got shape {landmarks_xy.shape}")
+    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY) if image_bgr.ndim == 3 else image_bgr
+    (x0, y0), (x1, y1) = landmarks_xy.min(axis=0), landmarks_xy.max(axis=0)
+    extent = max(x1 - x0, y1 - y0, 1.0)
+    side = max(round(CROP_SCALE * extent), 2)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + CROP_SHIFT * extent
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    h, w = gray.shape[:2]
+    pad = max(0, -left, -top, left + side - w, top + side - h)
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    square = gray[top + pad:top + pad + side, left + pad:left + pad + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
 def prepare(image: np.ndarray, min_side: int = DEFAULT_MIN_SIDE, margin: float = 0.0) -> np.ndarray:
@@ -258,8 +292,11 @@ class FaceAnalyzer:
             raise FaceModelError(f"{self.model_path}: unexpected blendshape outputs "
                                  f"{[c.category_name for c in categories][:5]}...; expected MediaPipe's 52")
         scores = np.clip(np.array([c.score for c in categories], dtype=np.float32), 0.0, 1.0)
+        h, w = image_bgr.shape[:2]
+        points = np.array([(p.x * w, p.y * h) for p in result.face_landmarks[0]]) if result.face_landmarks else None
         return FaceObservation(t=float(t), blendshapes=scores,
-                               pose=head_pose(np.asarray(result.facial_transformation_matrixes[0])))
+                               pose=head_pose(np.asarray(result.facial_transformation_matrixes[0])),
+                               crop=face_crop(image_bgr, points) if points is not None else None)
 
     def close(self) -> None:
         """Release MediaPipe's graph; further `observe` calls raise."""

@@ -1,7 +1,7 @@
 """Per-turn model inputs of a dialogue: modality features, modality mask, speakers and labels."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ class DialogueFeatures:
     mask: np.ndarray  # (T, 3) bool, in MODALITIES order
     speakers: np.ndarray  # (T,) int, index into the dialogue's speakers
     labels: np.ndarray  # (T,) int, -1 where unlabelled
+    evidence: dict[str, list] = field(default_factory=dict)  # paired sets: the expert item behind each turn
 
     def __len__(self) -> int:
         return len(self.speakers)

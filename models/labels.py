@@ -27,8 +27,11 @@ class LabelSet:
 
 MELD7 = LabelSet("meld-7", ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"))
 IEMOCAP6 = LabelSet("iemocap-6", ("hap", "sad", "neu", "ang", "exc", "fru"))
+# The experts' corpora (see merc.models.label_map for how they map onto the conversation sets).
+FER7 = LabelSet("fer2013-7", ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"))
+EMODB4 = LabelSet("emodb-4", ("anger", "happiness", "neutral", "sadness"))
 
-LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (MELD7, IEMOCAP6)}
+LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (MELD7, IEMOCAP6, FER7, EMODB4)}
 
 
 def get_label_set(name: str) -> LabelSet:

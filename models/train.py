@@ -7,6 +7,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -74,8 +75,13 @@ def predict(dag: MultiDAG, data: list[DialogueFeatures], device: torch.device, b
 
 
 def train_dag(config: TrainConfig, train: list[DialogueFeatures], valid: list[DialogueFeatures],
-              label_set: LabelSet, dims: dict[str, int], progress: bool = True):
-    """Train with AdamW; keep the weights of the best validation weighted F1. Returns (dag, history)."""
+              label_set: LabelSet, dims: dict[str, int], progress: bool = True,
+              resample: Callable[[int], list[DialogueFeatures]] | None = None):
+    """Train with AdamW; keep the weights of the best validation weighted F1. Returns (dag, history).
+
+    `resample(epoch)`, when given, supplies each epoch's training dialogues (the same dialogues in
+    the same order as `train`, e.g. paired anew with other evidence); `train` fixes the curriculum.
+    """
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -99,8 +105,9 @@ def train_dag(config: TrainConfig, train: list[DialogueFeatures], valid: list[Di
         pool = curriculum.pool_for_epoch(bucket_list, epoch)
         random.shuffle(pool)
         losses = []
+        epoch_train = resample(epoch) if resample is not None else train
         for start in range(0, len(pool), config.batch_size):
-            batch = collate([train[i] for i in pool[start:start + config.batch_size]], device)
+            batch = collate([epoch_train[i] for i in pool[start:start + config.batch_size]], device)
             if any(rates):
                 batch = drop_modalities(batch, rates, generator)
             loss = _loss(dag(batch["features"], batch["mask"], batch["speakers"]), batch["labels"])
@@ -161,6 +168,7 @@ def run_training(config: TrainConfig, run_dir: Path, progress: bool = True) -> d
         valid_f = text_features(encoder, valid, label_set, cache, progress=progress)
     finally:
         cache.close()
+    # Text-only runs keep the audio/face input shapes the serving bundles have always declared.
     dims = {"text": encoder.dim, "audio": 88, "face": 55}
     fit_started = time.time()
     dag, history = train_dag(config, train_f, valid_f, label_set, dims, progress=progress)

@@ -62,19 +62,29 @@ def build_processor(args: argparse.Namespace, tracker, face_tracker=None) -> Tur
     started = time.perf_counter()
     transcriber = load_transcriber(args)
     embedder = SpeakerEmbedder(device=_torch_device(args.asr_device))
+    manifest = getattr(tracker, "manifest", None)
+    experts = manifest.experts if manifest is not None else {}
     acoustic = None
     if "audio" in tracker.modalities:
         from merc.models.audio_features import AcousticFeaturizer
 
         # The kind the model was trained on; a Whisper kind reuses the ASR's own model.
-        manifest = getattr(tracker, "manifest", None)
         kind = manifest.raw.get("source", {}).get("audio_features", "egemaps") if manifest is not None else "egemaps"
         whisper = getattr(transcriber, "model", None) if kind.startswith("whisper") and args.asr == "faster-whisper" \
             else None
         acoustic = AcousticFeaturizer(kind, whisper_model=whisper)
+        if "audio" in experts:  # a multimodal bundle reads the audio expert's emotion probabilities
+            from merc.export.expert_runtime import AudioEmotionExpert
+
+            acoustic = AudioEmotionExpert(manifest.file(experts["audio"]["file"]), acoustic)
     face_features = None
     if face_tracker is not None:
-        from merc.models.face_features import face_features
+        if "face" in experts:  # ... and the face CNN's, on the tracker's face crops
+            from merc.export.expert_runtime import FaceEmotionExpert
+
+            face_features = FaceEmotionExpert(manifest.file(experts["face"]["file"])).turn_features
+        else:
+            from merc.models.face_features import face_features
     processor = TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
                               attributor=SpeakerAttributor(max_speakers=args.speakers), acoustic=acoustic,
                               face_tracker=face_tracker, face_features=face_features)

@@ -24,3 +24,25 @@ def model_path() -> Path:
     if not path.is_file():
         pytest.skip(f"face landmarker model not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_face_cnn(data_dir, tmp_path_factory) -> Path:
+    """A face CNN trained for one epoch on 1/20 of FER-2013's train split (real images), saved as
+    `merc-experts face` saves it: enough to exercise export, pairing and serving, not accuracy."""
+    import numpy as np
+    import torch
+    from merc.models.face_cnn import FaceCNNConfig, save_face_cnn, train_face_cnn
+    from merc.models.fer import load_fer_split, validation_split
+
+    out = tmp_path_factory.mktemp("face-cnn")
+    train, valid = validation_split(load_fer_split("train", data_dir, out / "cache"), 0.1, 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, _ = train_face_cnn(FaceCNNConfig(epochs=1, widths=(8, 16, 32, 64)), train.subset(np.arange(0, len(train), 20)),
+                                  valid.subset(np.arange(0, len(valid), 20)), progress=False)
+    finally:
+        torch.set_num_threads(previous)
+    save_face_cnn(model, out, {"validation": {"fraction": 0.1, "seed": 0}})
+    return out
