@@ -39,6 +39,9 @@ IMBALANCED = {
     "BALM B (a .5, t .7, f .3)": {"audio": 0.5, "text": 0.7, "face": 0.3},
     "a .2, f .6 (text kept)": {"audio": 0.2, "face": 0.6},
     "a .6, f .2 (text kept)": {"audio": 0.6, "face": 0.2},
+    # The live default may switch to a multimodal model only if it is never worse than text-only
+    # when audio and face are missing: this row is that case.
+    "audio and face all missing": {"audio": 1.0, "face": 1.0},
 }
 
 

@@ -85,12 +85,15 @@ def export_audio_expert(expert: AudioExpert, path: Path, example: np.ndarray | N
     return max(diff, numpy_diff)
 
 
-def export_face_cnn(model: FaceCNN, path: Path, example: np.ndarray | None = None) -> float:
-    """Write the face CNN (standardisation + flip averaging inside) as ONNX; returns the max |ORT - torch|."""
+def export_face_cnn(model: FaceCNN, path: Path, example: np.ndarray | None = None, meta: dict | None = None) -> float:
+    """Write the face CNN (standardisation + flip averaging inside) as ONNX; returns the max |ORT - torch|.
+
+    `meta` (e.g. the validation slice held out in training, its test accuracy) goes into the
+    graph's metadata next to the labels."""
     from merc.models.fer import FER_LABELS
 
     if example is None:
         example = np.random.default_rng(0).integers(0, 256, size=(4, 48, 48)).astype(np.float32)
     model = model.to(memory_format=torch.contiguous_format)
     return _export(_FaceHead(model), torch.from_numpy(example.astype(np.float32)), "pixels", path,
-                   {"labels": list(FER_LABELS)})
+                   {"labels": list(FER_LABELS), **(meta or {})})

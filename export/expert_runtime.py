@@ -18,7 +18,8 @@ class ExpertError(RuntimeError):
     """An expert model is missing or unusable; the message names the file."""
 
 
-def _session(path: Path, input_name: str):
+def open_expert(path: Path, input_name: str):
+    """An ONNX Runtime session for an expert graph and its metadata (labels, features, ...)."""
     import onnxruntime as ort
 
     if not Path(path).is_file():
@@ -40,8 +41,8 @@ class FaceEmotionExpert:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._session, meta = _session(self.path, "pixels")
-        self.labels: tuple[str, ...] = tuple(meta.get("labels", ()))
+        self._session, self.meta = open_expert(self.path, "pixels")
+        self.labels: tuple[str, ...] = tuple(self.meta.get("labels", ()))
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
@@ -64,7 +65,7 @@ class AudioEmotionExpert:
 
     def __init__(self, path: str | Path, featurizer: Any) -> None:
         self.path = Path(path)
-        self._session, meta = _session(self.path, "features")
+        self._session, meta = open_expert(self.path, "features")
         self.labels: tuple[str, ...] = tuple(meta.get("labels", ()))
         self.kind = meta.get("features")
         if self.kind is not None and getattr(featurizer, "kind", self.kind) != self.kind:

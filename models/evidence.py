@@ -1,7 +1,6 @@
 """The experts' evidence pools for the paired set (see `merc.models.paired` for the rules)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -39,33 +38,36 @@ def audio_pools(data_dir: str | Path | None, kind: str, cache: Path | None,
             "test": EvidencePool("audio", "test", test_probs, y[test], ids[test], speakers[test])}
 
 
-def face_pools(model_dir: Path, data_dir: str | Path | None, cache: Path | None) -> dict[str, EvidencePool]:
-    """{"train", "test"} pools of FER-2013 face evidence from the face CNN in `model_dir`.
+def face_pools(face_expert: Path, data_dir: str | Path | None, cache: Path | None) -> dict[str, EvidencePool]:
+    """{"train", "test"} pools of FER-2013 face evidence from the face CNN `face_expert` (its
+    face_cnn.onnx, or a folder holding it, as `merc-experts face` writes it).
 
     Train-pool images are the CNN's validation slice (cut from FER's train split with the fraction
-    and seed the CNN was trained with, so the CNN never fit them); test images are FER's test split.
+    and seed recorded in the graph, so the CNN never fit them); test images are FER's test split.
     """
-    from .face_cnn import CONFIG_FILE, WEIGHTS_FILE, load_face_cnn, predict_proba
-    from .fer import load_fer_split, validation_split
+    from merc.export.expert_runtime import FaceEmotionExpert
 
+    from .fer import load_fer_split, validation_split
     from .paths import sha256_file
 
-    meta = json.loads((Path(model_dir) / CONFIG_FILE).read_text())
-    held = meta.get("validation")
+    path = Path(face_expert)
+    path = path / "face_cnn.onnx" if path.is_dir() else path
+    expert = FaceEmotionExpert(path)
+    held = expert.meta.get("validation")
     if not held:
-        raise ValueError(f"{Path(model_dir) / CONFIG_FILE}: does not record the validation slice it held out")
-    model = load_face_cnn(model_dir)
+        raise ValueError(f"{path}: does not record the validation slice its CNN held out (metadata 'validation')")
     _, valid = validation_split(load_fer_split("train", data_dir, cache), held["fraction"], held["seed"])
     test = load_fer_split("test", data_dir, cache)
-    weights = sha256_file(Path(model_dir) / WEIGHTS_FILE)[:16]
+    weights = sha256_file(path)[:16]
     pools = {}
     for split, data in (("train", valid), ("test", test)):
         cached = cache / f"face-evidence-{split}-{weights}-{len(data)}.npy" if cache else None
         if cached and cached.exists():
             probs = np.load(cached)
         else:
-            probs = predict_proba(model, data.images)
+            probs = np.concatenate([expert(data.images[i:i + 1024]) for i in range(0, len(data), 1024)])
             if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cached, probs)
         pools[split] = EvidencePool("face", split, probs, data.labels, np.array([f"fer/{split}:{n}" for n in data.names]))
         log.info("face evidence %s: %d images, CNN accuracy %.3f", split, len(data),

@@ -50,8 +50,11 @@ def _face(args: argparse.Namespace) -> int:
         "parameters": sum(p.numel() for p in model.parameters()),
         "total_seconds": time.time() - started,
     }
-    save_face_cnn(model, args.out, {"test_accuracy": result["accuracy"],
-                                    "validation": {"fraction": args.valid_fraction, "seed": args.seed}})
+    held = {"validation": {"fraction": args.valid_fraction, "seed": args.seed}, "test_accuracy": result["accuracy"]}
+    save_face_cnn(model, args.out, held)
+    from merc.export.expert_export import export_face_cnn
+
+    export_face_cnn(model, args.out / "face_cnn.onnx", test.images[:8].astype("float32"), held)
     write_json(args.out / "metrics.json", metrics)
     plot_confusion(result, args.out / "test_confusion.png", "FER-2013 test: face CNN")
     print(f"face CNN: test accuracy {100 * result['accuracy']:.2f} (public {100 * metrics['test_public_accuracy']:.2f}, "
@@ -97,41 +100,38 @@ def _audio(args: argparse.Namespace) -> int:
     return 0
 
 
-def _paired(args: argparse.Namespace) -> int:
-    import json
+def _expert_file(path: Path, name: str) -> Path:
+    return path / name if path.is_dir() else path
 
-    from .audio_expert import AudioExpert
+
+def _paired(args: argparse.Namespace) -> int:
+    from merc.export.expert_runtime import open_expert
+
     from .evidence import audio_pools, face_pools
-    from .face_cnn import load_face_cnn
     from .paired_train import train_paired
     from .paths import cache_dir
 
-    audio = AudioExpert.load(args.audio_expert)
-    face_onnx = args.face_expert / "face_cnn.onnx"
-    if not face_onnx.exists():
-        from merc.export.expert_export import export_face_cnn
-
-        export_face_cnn(load_face_cnn(args.face_expert), face_onnx)
-    audio_onnx = args.audio_expert / "audio_expert.onnx"
-    if not audio_onnx.exists():
-        from merc.export.expert_export import export_audio_expert
-
-        export_audio_expert(audio, audio_onnx)
+    audio_onnx = _expert_file(args.audio_expert, "audio_expert.onnx")
+    face_onnx = _expert_file(args.face_expert, "face_cnn.onnx")
+    _, audio_meta = open_expert(audio_onnx, "features")
+    _, face_meta = open_expert(face_onnx, "pixels")
     cache = cache_dir()
-    pools = {"audio": audio_pools(args.data, audio.kind, cache / "emodb"),
-             "face": face_pools(args.face_expert, args.data, cache / "fer")}
+    pools = {"audio": audio_pools(args.data, audio_meta["features"], cache / "emodb"),
+             "face": face_pools(face_onnx, args.data, cache / "fer")}
     metrics = train_paired(args.text_run, pools, args.out, seed=args.seed, drop=args.drop, epochs=args.epochs,
                            progress=not args.quiet,
-                           experts={"audio": {"onnx": audio_onnx, "features": audio.kind, "labels": list(audio.labels)},
+                           experts={"audio": {"onnx": audio_onnx, "features": audio_meta["features"],
+                                              "labels": audio_meta["labels"]},
                                     "face": {"onnx": face_onnx, "input": "48x48 grey face crop (face_crop)",
-                                             "labels": json.loads((args.face_expert / "face_cnn.json").read_text())
-                                             ["labels"]}})
+                                             "labels": face_meta["labels"]}})
     print(f"paired multimodal DAG: best epoch {metrics['best_epoch']}, valid weighted F1 "
           f"{100 * metrics['valid_weighted_f1']:.2f}; written to {args.out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .paths import default_experts_dir
+
     parser = argparse.ArgumentParser(
         prog="merc-experts",
         description=("Train the unimodal emotion experts whose outputs feed the dialogue graph's audio and face "
@@ -164,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                                          "the turns of TEXT_RUN's corpus with EmoDB audio and FER-2013 face evidence "
                                          "for their mapped labels. The experts given are bundled for serving."))
     paired.add_argument("--text-run", type=Path, required=True, help="a text-only merc-train run (corpus, encoder)")
-    paired.add_argument("--audio-expert", type=Path, required=True, help="folder written by 'merc-experts audio'")
-    paired.add_argument("--face-expert", type=Path, required=True, help="folder written by 'merc-experts face'")
+    paired.add_argument("--audio-expert", type=Path, default=default_experts_dir(),
+                        help="audio_expert.onnx or a folder holding it, as 'merc-experts audio' writes (default: the "
+                             "bundled expert)")
+    paired.add_argument("--face-expert", type=Path, default=default_experts_dir(),
+                        help="face_cnn.onnx or a folder holding it, as 'merc-experts face' writes (default: the "
+                             "bundled expert)")
     paired.add_argument("--out", type=Path, required=True, help="run directory to create")
     paired.add_argument("--data", help="data folder holding emodb/ and fer2013/")
     paired.add_argument("--seed", type=int, default=0, help="random seed (pairing and training)")
@@ -176,12 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    from merc.export.expert_runtime import ExpertError
+
     from .emodb import EmoDBError
     from .fer import FERError
 
     try:
         return {"face": _face, "audio": _audio, "paired": _paired}[args.command](args)
-    except (FERError, EmoDBError, OSError, ValueError) as err:
+    except (FERError, EmoDBError, ExpertError, OSError, ValueError, KeyError) as err:
         print(f"merc-experts: error: {err}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,11 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("merc.models") / "default"))
 
 
+def default_experts_dir() -> Path:
+    """The bundled experts: face_cnn.onnx (FER-2013) and audio_expert.onnx (EmoDB)."""
+    return Path(str(resources.files("merc.models") / "experts"))
+
+
 def sha256_file(path: Path) -> str:
     """Checksum of a file, read in blocks (weights can be large)."""
     digest = hashlib.sha256()

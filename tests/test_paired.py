@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from merc.export.bundle import read_manifest
-from merc.export.expert_export import export_audio_expert, export_face_cnn
 from merc.export.expert_runtime import AudioEmotionExpert, FaceEmotionExpert
 from merc.export.onnx_export import export_bundle
 from merc.export.runtime import BundleTracker
@@ -17,10 +16,10 @@ from merc.models.cli import train_main
 from merc.models.corpora import load_corpus
 from merc.models.emodb import load_emodb
 from merc.models.evidence import audio_pools, face_pools
-from merc.models.face_cnn import load_face_cnn
 from merc.models.label_map import label_mapping
 from merc.models.labels import EMODB4, FER7, IEMOCAP6
 from merc.models.paired import EMODB_TEST_SPEAKERS, apply_missing, only, pair
+from merc.models.paths import default_experts_dir
 from merc.models.paired_train import corpus_text, mappings_for, score_paired, train_paired
 
 
@@ -33,9 +32,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def pools(data_dir, tiny_face_cnn, tmp_path_factory):
+def pools(data_dir, tmp_path_factory):
+    """Evidence from the bundled experts on the real EmoDB and FER-2013 files."""
     cache = tmp_path_factory.mktemp("pool-cache")
-    return {"audio": audio_pools(data_dir, "whisper_unpadded", cache), "face": face_pools(tiny_face_cnn, data_dir, cache)}
+    return {"audio": audio_pools(data_dir, "whisper_unpadded", cache),
+            "face": face_pools(default_experts_dir() / "face_cnn.onnx", data_dir, cache)}
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +110,13 @@ def test_pairing_follows_labels_draws_without_replacement_and_never_mixes_splits
         apply_missing(paired, {"audio": 1.5}, seed=0)
 
 
-def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(text_run, pools, tiny_face_cnn,
-                                                                             tmp_path, data_dir):
+def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(text_run, pools, tmp_path, data_dir):
     clips = load_emodb(data_dir)
-    from merc.models.audio_expert import clip_features, fit_audio_expert
-
-    x = clip_features(clips, "whisper_unpadded", tmp_path / "cache")
-    audio = fit_audio_expert(x, np.array([c.label for c in clips]), np.array([c.speaker for c in clips]),
-                             "whisper_unpadded", c_grid=(0.1,))
-    export_audio_expert(audio, tmp_path / "audio_expert.onnx")
-    export_face_cnn(load_face_cnn(tiny_face_cnn), tmp_path / "face_cnn.onnx")
+    experts = default_experts_dir()
     run = tmp_path / "paired"
     metrics = train_paired(text_run, pools, run, seed=0, epochs=4, progress=False, experts={
-        "audio": {"onnx": tmp_path / "audio_expert.onnx", "features": "whisper_unpadded", "labels": list(EMODB4.labels)},
-        "face": {"onnx": tmp_path / "face_cnn.onnx", "labels": list(FER7.labels)}})
+        "audio": {"onnx": experts / "audio_expert.onnx", "features": "whisper_unpadded", "labels": list(EMODB4.labels)},
+        "face": {"onnx": experts / "face_cnn.onnx", "labels": list(FER7.labels)}})
     losses = [h["train_loss"] for h in metrics["history"]]
     assert losses[-1] < losses[0], losses
     model = json.loads((run / "model.json").read_text())
@@ -155,4 +149,3 @@ def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(t
     assert result.modalities == ("text", "audio", "face")
     assert abs(sum(result.probs.values()) - 1) < 1e-4
     assert tracker.track("B", "Okay.", {}).modalities == ("text",)
-    np.testing.assert_allclose(voice.probs(x[:3]), audio.predict_proba(x[:3]), atol=1e-4)  # the expert given
