@@ -64,7 +64,7 @@ FACE_DIM = len(FACE_FEATURE_NAMES)  # 55: the face dim the model bundles declare
 
 DEFAULT_MIN_SIDE = 192  # upscale target for small stills (FER-2013 is 48x48); bench/face_detection.py
 STILL_MARGIN = 0.5  # grey border around tight face crops before detection; bench/face_detection.py
-# The face CNN's input framing, measured on FER-2013 (bench/face_crop.py): a FER image is a square
+# The face CNN's input framing, measured on FER-2013 (bench/face_expert.py, "crop_framing"): a FER image is a square
 # of CROP_SCALE x the larger side of MediaPipe's landmark box, centred CROP_SHIFT x that side above
 # the box centre (y down).
 CROP_SCALE = 1.09

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,10 @@ from merc.models.evidence import audio_pools, face_pools
 from merc.models.label_map import label_mapping
 from merc.models.labels import EMODB4, FER7, IEMOCAP6
 from merc.models.paired import EMODB_TEST_SPEAKERS, apply_missing, only, pair
-from merc.models.paths import default_experts_dir
 from merc.models.paired_train import corpus_text, mappings_for, score_paired, train_paired
+from merc.models.paths import default_experts_dir
+
+RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "kitchen-2spk"
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,48 @@ def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(t
     assert result.modalities == ("text", "audio", "face")
     assert abs(sum(result.probs.values()) - 1) < 1e-4
     assert tracker.track("B", "Okay.", {}).modalities == ("text",)
+
+    # The live pipeline with this bundle: the audio expert runs on each turn's audio, the face CNN
+    # on the face tracker's crops of a camera (a video of FER-2013 faces), from the bundle's graphs.
+    replayed = replay_with_camera(bundle, data_dir, tmp_path)
+    turns = [e for e in replayed if e["type"] == "turn"]
+    assert turns and all(t["modalities"][:2] == ["text", "audio"] for t in turns), turns
+    assert any("face" in t["modalities"] for t in turns), [t["modalities"] for t in turns]
+
+
+def replay_with_camera(bundle, data_dir, tmp_path) -> list[dict]:
+    """Events of a fixture recording replayed at real time through `merc-live`'s per-turn processor
+    on `bundle`, with a camera (a video of FER-2013 test faces) feeding a face tracker."""
+    import argparse
+
+    import cv2
+
+    from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, face_model_path, prepare
+    from merc.stream.cli_common import load_tracker
+    from merc.stream.events import EventBus
+    from merc.stream.recording import open_recording
+    from merc.stream.replay import replay_recording
+    from merc.stream.session import build_processor
+    from merc.stream.video import FaceTracker, VideoFileSource
+
+    files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:10]
+    faces = [prepare(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), margin=STILL_MARGIN) for f in files]
+    video = tmp_path / "camera.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (faces[0].shape[1], faces[0].shape[0]))
+    for i in range(10 * 40):
+        writer.write(faces[(i // 10) % len(faces)])
+    writer.release()
+    args = argparse.Namespace(model=None, bundle=bundle, precision="fp32", threads=None, device="cpu",
+                              asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
+    camera = VideoFileSource(video, speed=1.0)
+    face_tracker = FaceTracker(camera, FaceAnalyzer.load(face_model_path(), mode="video"))
+    processor = build_processor(args, load_tracker(args), face_tracker=face_tracker)
+    camera.start()
+    face_tracker.start()
+    try:
+        bus = EventBus("test")
+        replay_recording(open_recording(RECORDING), processor, bus, 1.0)
+    finally:
+        face_tracker.stop()
+        camera.stop()
+    return bus.events()
