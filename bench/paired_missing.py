@@ -15,7 +15,7 @@ are scored on the paired test split (IEMOCAP session 5) under:
 The test pairing and masks depend only on the seed, so both models see the same turns, evidence
 and masks. Prints one JSON object and writes it and a markdown table:
 
-    python bench/paired_missing.py --text-runs runs/iemocap-ft2 --face-expert runs/face-cnn \
+    python bench/paired_missing.py --text-runs runs/iemocap-ft2 [--face-expert runs/face-cnn] \
         [--seeds 0 1 2] [--out bench/results/DATE-paired-missing]
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from merc.models.evidence import audio_pools, face_pools
 from merc.models.paired_train import corpus_text, score_paired, train_paired
-from merc.models.paths import cache_dir
+from merc.models.paths import cache_dir, default_experts_dir
 
 SHARED = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 IMBALANCED = {
@@ -48,7 +48,8 @@ IMBALANCED = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-runs", type=Path, required=True, help="parent of the text-only seedN runs")
-    parser.add_argument("--face-expert", type=Path, required=True, help="face CNN folder (merc-experts face)")
+    parser.add_argument("--face-expert", type=Path, default=default_experts_dir(),
+                        help="face_cnn.onnx or a folder holding it (default: the bundled expert)")
     parser.add_argument("--audio-features", default="whisper_unpadded")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--drop", type=float, default=0.5, help="modality dropout for audio and face in training")
