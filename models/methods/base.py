@@ -20,7 +20,9 @@ to the cross-entropy (reconstruction, distillation, estimation losses), already 
 
 Causality: a method with ``causal = True`` gives turn t an output that depends on turns <= t
 only (it can run live, turn by turn). A non-causal method takes ``future_window``: how many later
-turns each turn may see (None: the whole dialogue, as in its paper; 0: its causal variant).
+turns each of its attention or graph layers lets a turn see (None: the method's own setting, as in
+its paper; 0: its causal variant, exactly causal end to end). Stacked layers with k > 0 reach up
+to k turns ahead per layer.
 """
 from __future__ import annotations
 
@@ -109,6 +111,8 @@ class ModalityInputs(nn.Module):
             if x is None:
                 out[m] = absent
             else:
+                # Zero what is hidden before projecting, so that not even a NaN there reaches a gradient.
+                x = x.masked_fill(~present, 0.0)
                 out[m] = torch.where(present, self.project[m](self.dropout(x)), absent)
         return out
 

@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,10 +74,13 @@ def predict_method(model: ERCMethod, data: Sequence[DialogueFeatures], device: s
 
 def train_method(model: ERCMethod, train: Sequence[DialogueFeatures], valid: Sequence[DialogueFeatures],
                  label_set: LabelSet, fit: FitConfig, plugins: Sequence[TrainingPlugin] = (),
-                 progress: bool = True) -> tuple[ERCMethod, list[dict]]:
+                 progress: bool = True,
+                 resample: Callable[[int], Sequence[DialogueFeatures]] | None = None) -> tuple[ERCMethod, list[dict]]:
     """Train `model` (seeded by `fit.seed`); keep the weights of the best validation weighted F1.
 
-    Plug-ins given here run after the method's own (`model.training_plugins()`)."""
+    Plug-ins given here run after the method's own (`model.training_plugins()`). `resample(epoch)`,
+    when given, supplies each epoch's training dialogues: the same dialogues in the same order as
+    `train` (which fixes curricula), e.g. paired anew with other evidence."""
     random.seed(fit.seed)
     np.random.seed(fit.seed)
     torch.manual_seed(fit.seed)
@@ -97,8 +100,9 @@ def train_method(model: ERCMethod, train: Sequence[DialogueFeatures], valid: Seq
         pool = list(pool)
         random.shuffle(pool)
         losses = []
+        epoch_train = resample(epoch) if resample is not None else train
         for start in range(0, len(pool), fit.batch_size):
-            batch = collate([train[i] for i in pool[start:start + fit.batch_size]], fit.device)
+            batch = collate([epoch_train[i] for i in pool[start:start + fit.batch_size]], fit.device)
             if any(fit.drop):
                 batch = _drop(batch, fit.drop, generator)
             output = model(batch["features"], batch["mask"], batch["speakers"])
