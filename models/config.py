@@ -31,6 +31,8 @@ class TrainConfig:
     ft_epochs: int = _opt(3, "fine-tuning: epochs (best validation epoch kept)")
     ft_lr: float = _opt(1e-4, "fine-tuning: peak learning rate (linear warm-up and decay)")
     ft_batch_size: int = _opt(32, "fine-tuning: turns per batch")
+    ft_max_length: int = _opt(128, "fine-tuning and encoding: at most this many tokens per turn with its context "
+                                   "(the oldest context is cut first)")
     hidden: int = _opt(300, "DAG hidden size")
     layers: int = _opt(2, "DAG layers")
     omega: int = _opt(1, "DAG window: walk back to the omega-th earlier turn of the same speaker")
