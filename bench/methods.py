@@ -21,7 +21,8 @@ The paper claims checked are listed in `CLAIMS`; the table says for each whether
     python bench/methods.py --iemocap-encoder runs/iemocap-ctx8/seed0/encoder [--seeds 0 1 2] \
         [--tasks iemocap meld paired] [--methods ...] [--epochs 30] [--jobs 2] [--out FILE-STEM]
 
-Prints one JSON object; writes it and a markdown table to ``--out`` (.json, .md).
+Prints one JSON object; writes it and a markdown table to ``--out`` (.json, .md), and each
+finished run as it comes to ``--out``.runs.jsonl.
 """
 from __future__ import annotations
 
@@ -305,11 +306,16 @@ def main() -> None:
         task_data(task, tuple(sorted(encoders.items())), args.data)
     started = time.time()
     results = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".runs.jsonl")  # one line per finished run, so a cut-off run keeps its results
+    partial.write_text("")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run_one, job): job for job in jobs}
         for n, future in enumerate(as_completed(futures), start=1):
             r = future.result()
             results.append(r)
+            with partial.open("a") as f:
+                f.write(json.dumps(r, default=str) + "\n")
             main_score = next(iter(r["scores"].values()))
             logging.info("[%d/%d] %s %s seed %d window %s: %.2f (%.0f s)", n, len(jobs), r["task"], r["row"], r["seed"],
                          r["future_window"], 100 * main_score, r["train_seconds"])
