@@ -282,8 +282,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from merc.models.paths import default_model_dir
 
-    def ref(value) -> str:  # a directory (made absolute for the workers) or a hub id
-        return str(Path(value).resolve()) if Path(value).exists() else str(value)
+    def ref(value) -> str:  # a directory, as given relative to the project when it is inside it, or a hub id
+        path = Path(value)
+        if not path.exists():
+            return str(value)
+        try:
+            return str(path.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(path)
 
     encoders = {"iemocap": ref(args.iemocap_encoder), "meld": ref(args.meld_encoder or default_model_dir() / "encoder")}
     jobs = []

@@ -46,3 +46,20 @@ def tiny_face_cnn(data_dir, tmp_path_factory) -> Path:
         torch.set_num_threads(previous)
     save_face_cnn(model, out, {"validation": {"fraction": 0.1, "seed": 0}})
     return out
+
+
+def write_face_video(data_dir: Path, path: Path, seconds: float) -> Path:
+    """A 10-fps camera stand-in: ten FER-2013 happy test faces (prepared as stills), one a second,
+    looped for `seconds`; skips the test when the images are not there."""
+    import cv2
+    from merc.models.face_features import STILL_MARGIN, prepare
+
+    files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:10]
+    if len(files) < 10:
+        pytest.skip("FER-2013 test images not found")
+    faces = [prepare(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), margin=STILL_MARGIN) for f in files]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (faces[0].shape[1], faces[0].shape[0]))
+    for i in range(int(10 * seconds)):
+        writer.write(faces[(i // 10) % len(faces)])
+    writer.release()
+    return path

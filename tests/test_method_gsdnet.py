@@ -11,7 +11,7 @@ from merc.models.methods import MethodConfig, build_method
 from merc.models.methods.gsdnet import (graph_views, positional_encoding, rebuild, similarity_graph, spectrum,
                                         vp_schedule)
 from merc.models.methods.trainer import mean_loss, per_turn_loss
-from test_methods import DIMS, synthetic_dialogues
+from test_methods import DIMS, audio_from_text_dialogues, synthetic_dialogues
 
 
 def build(**kw) -> torch.nn.Module:
@@ -164,12 +164,7 @@ def test_text_only_inputs_work():
 def test_estimation_improves_with_training():
     """Audio is a function of text: after a few epochs of the full loss, the decoded recovery of a
     hidden audio turn is close to the true audio (relative to its spread), far closer than before."""
-    rng = np.random.default_rng(0)
-    proj = rng.normal(size=(DIMS["text"], DIMS["audio"]))
-    train = []
-    for d in synthetic_dialogues(40, seed=7):
-        audio = np.tanh(d.features["text"] @ proj / 4).astype(np.float32)
-        train.append(DialogueFeatures(d.dialogue_id, {**d.features, "audio": audio}, d.mask, d.speakers, d.labels))
+    train = audio_from_text_dialogues(40, seed=7)
     features, mask, speakers = inputs(collate(train[:10]))
     hide = mask.clone()
     hide[..., 1] = mask[..., 1] & (torch.arange(mask.shape[1]) % 2 == 0)  # audio of odd turns hidden

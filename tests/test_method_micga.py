@@ -9,7 +9,7 @@ import torch
 from merc.models.features import DialogueFeatures, collate
 from merc.models.methods import MethodConfig, build_method
 from merc.models.methods.micga import WindowedBiLSTM, allowed_pairs
-from test_methods import DIMS, synthetic_dialogues
+from test_methods import DIMS, audio_from_text_dialogues, synthetic_dialogues
 
 
 def build(**kw) -> torch.nn.Module:
@@ -135,12 +135,7 @@ def test_the_reconstruction_loss_teaches_estimation():
     """Audio is a function of text: after training on L_rct (observed blocks only), the FE estimate
     of a hidden audio block is close to the encoding of the true audio (relative to that encoding's
     spread), far closer than before."""
-    rng = np.random.default_rng(0)
-    proj = rng.normal(size=(DIMS["text"], DIMS["audio"]))
-    train = []
-    for d in synthetic_dialogues(40, seed=7):
-        audio = np.tanh(d.features["text"] @ proj / 4).astype(np.float32)
-        train.append(DialogueFeatures(d.dialogue_id, {**d.features, "audio": audio}, d.mask, d.speakers, d.labels))
+    train = audio_from_text_dialogues(40, seed=7)
     test = collate(train[:10])
     features, mask, speakers = inputs(test)
     hide = torch.zeros_like(mask)

@@ -35,6 +35,15 @@ def synthetic_dialogues(n: int, seed: int = 0, classes: int = 6) -> list[Dialogu
     return out
 
 
+def audio_from_text_dialogues(n: int, seed: int = 7) -> list[DialogueFeatures]:
+    """`synthetic_dialogues` whose audio is a fixed function of the text: what a method that
+    estimates a missing modality from the present ones can learn."""
+    proj = np.random.default_rng(0).normal(size=(DIMS["text"], DIMS["audio"]))
+    return [DialogueFeatures(d.dialogue_id, {**d.features, "audio": np.tanh(d.features["text"] @ proj / 4)
+                                             .astype(np.float32)}, d.mask, d.speakers, d.labels)
+            for d in synthetic_dialogues(n, seed=seed)]
+
+
 def build(name: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_method(name, MethodConfig(n_classes=6, dims=DIMS, hidden=32, dropout=0.0, **kw)).eval()

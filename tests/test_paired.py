@@ -23,6 +23,8 @@ from merc.models.paired import EMODB_TEST_SPEAKERS, apply_missing, only, pair
 from merc.models.paired_train import corpus_text, mappings_for, score_paired, train_paired
 from merc.models.paths import default_experts_dir
 
+from conftest import write_face_video
+
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "kitchen-2spk"
 
 
@@ -166,9 +168,7 @@ def replay_with_camera(bundle, data_dir, tmp_path) -> list[dict]:
     on `bundle`, with a camera (a video of FER-2013 test faces) feeding a face tracker."""
     import argparse
 
-    import cv2
-
-    from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, face_model_path, prepare
+    from merc.models.face_features import FaceAnalyzer, face_model_path
     from merc.stream.cli_common import load_tracker
     from merc.stream.events import EventBus
     from merc.stream.recording import open_recording
@@ -176,13 +176,7 @@ def replay_with_camera(bundle, data_dir, tmp_path) -> list[dict]:
     from merc.stream.session import build_processor
     from merc.stream.video import FaceTracker, VideoFileSource
 
-    files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:10]
-    faces = [prepare(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), margin=STILL_MARGIN) for f in files]
-    video = tmp_path / "camera.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (faces[0].shape[1], faces[0].shape[0]))
-    for i in range(10 * 40):
-        writer.write(faces[(i // 10) % len(faces)])
-    writer.release()
+    video = write_face_video(data_dir, tmp_path / "camera.avi", seconds=40)
     args = argparse.Namespace(model=None, bundle=bundle, precision="fp32", threads=None, device="cpu",
                               asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
     camera = VideoFileSource(video, speed=1.0)

@@ -30,6 +30,8 @@ from merc.stream.scoring import score_replay
 from merc.stream.server import EventServer
 from merc.stream.video import VideoFileSource
 
+from conftest import write_face_video
+
 FIXTURES = Path(__file__).parent / "fixtures" / "recordings"
 RECORDINGS = sorted(p.parent for p in FIXTURES.glob("*/manifest.json"))
 KITCHEN = FIXTURES / "kitchen-2spk"  # two speakers, no overlap: every gold turn is one segment
@@ -229,21 +231,12 @@ def test_a_camera_unplugged_mid_session_only_marks_the_face_missing(processor, d
     unplug saw a face, turns after it did not; the loss is reported as status."""
     import dataclasses
 
-    import cv2
     import numpy as np
 
-    from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, face_features, face_model_path, prepare
+    from merc.models.face_features import FaceAnalyzer, face_features, face_model_path
     from merc.stream.video import FaceTracker
 
-    files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:10]
-    if len(files) < 10:
-        pytest.skip("FER-2013 test images not found")
-    faces = [prepare(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), margin=STILL_MARGIN) for f in files]
-    video = tmp_path / "camera.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (faces[0].shape[1], faces[0].shape[0]))
-    for i in range(10 * 25):
-        writer.write(faces[(i // 10) % len(faces)])
-    writer.release()
+    video = write_face_video(data_dir, tmp_path / "camera.avi", seconds=25)
 
     statuses: list[dict] = []
     camera = CameraUnpluggedAt(video, seconds=8.0)
