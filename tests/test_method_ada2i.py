@@ -142,15 +142,16 @@ def test_amw_sums_cosine_logits_of_present_modalities_only():
     torch.testing.assert_close(model.modal_loss(out, labels, batch["mask"]), expected)
 
 
-def test_plugin_adds_l_modal_to_the_aux_loss():
+def test_l_modal_is_the_label_loss_and_the_plugin_leaves_the_loss_alone():
     batch = collate(synthetic_dialogues(4, seed=1))
     model = build()
     out = model(**inputs(batch))
     feature_loss = out.aux_loss.detach().clone()
+    torch.testing.assert_close(model.label_loss(out, batch["labels"], batch["mask"]),
+                               model.modal_loss(out, batch["labels"], batch["mask"]))
     plugin = model.training_plugins()[0]
     assert plugin.batch_loss(torch.zeros(batch["labels"].shape), out, batch, epoch=1) is None
-    modal = model.modal_loss(out, batch["labels"], batch["mask"])
-    torch.testing.assert_close(out.aux_loss, feature_loss + modal)
+    torch.testing.assert_close(out.aux_loss, feature_loss)
 
 
 def test_whole_dialogue_context_by_default_causal_with_window_zero():

@@ -11,7 +11,7 @@ from test_methods import DIMS, synthetic_dialogues
 from merc.models.features import DialogueFeatures, collate
 from merc.models.labels import IEMOCAP6
 from merc.models.methods import MethodConfig, build_method
-from merc.models.methods.cmath import AuxiliaryHeadLoss, MaskedAttention
+from merc.models.methods.cmath import MaskedAttention
 from merc.models.methods.trainer import FitConfig, per_turn_loss, train_method
 
 
@@ -101,17 +101,15 @@ def test_attention_with_no_allowed_key_gives_zero_and_finite_gradients():
     assert torch.isfinite(x.grad).all()
 
 
-def test_plugin_adds_each_present_modality_cross_entropy(batch):
+def test_turn_loss_adds_each_present_modality_cross_entropy(batch):
     model = build().eval()
     out = run(model, batch)
     labels = batch["labels"]
-    per_turn = per_turn_loss(out.logits, labels)
-    expected = per_turn.clone()
+    expected = per_turn_loss(out.logits, labels)
     for k, m in enumerate(("text", "audio", "face")):
         expected = expected + per_turn_loss(out.modality_logits[m], labels) * (batch["mask"][..., k])
-    assert AuxiliaryHeadLoss().batch_loss(per_turn, out, batch, 1) is None
-    torch.testing.assert_close(per_turn, expected)
-    assert model.training_plugins()[0].name == "aux-heads"
+    torch.testing.assert_close(model.turn_loss(out, labels), expected)
+    assert model.training_plugins() == []
 
 
 @pytest.mark.parametrize("kernel", [1, 3])

@@ -12,7 +12,6 @@ from test_methods import DIMS, synthetic_dialogues
 
 from merc.models.features import DialogueFeatures, collate
 from merc.models.methods import MethodConfig, build_method
-from merc.models.methods.cmath import AuxiliaryHeadLoss
 from merc.models.methods.dqf import GRANULARITIES
 from merc.models.methods.trainer import per_turn_loss
 
@@ -73,14 +72,12 @@ def test_training_hides_modalities_through_the_mask_only(batch):
     torch.testing.assert_close(quiet(batch["features"], batch["mask"], batch["speakers"]).logits, eval_logits)
 
 
-def test_plugin_adds_all_seven_granularity_losses(batch):
+def test_turn_loss_adds_all_seven_granularity_losses(batch):
     model = build().eval()
     out = model(batch["features"], batch["mask"], batch["speakers"])
     labels = batch["labels"]
-    per_turn = per_turn_loss(out.logits, labels)
-    expected = per_turn + sum(per_turn_loss(out.head_logits[g], labels) for g in GRANULARITIES)
-    AuxiliaryHeadLoss().batch_loss(per_turn, out, batch, 1)
-    torch.testing.assert_close(per_turn, expected)
+    expected = per_turn_loss(out.logits, labels) + sum(per_turn_loss(out.head_logits[g], labels) for g in GRANULARITIES)
+    torch.testing.assert_close(model.turn_loss(out, labels), expected)
 
 
 def test_turns_beyond_the_query_table_share_its_last_row():

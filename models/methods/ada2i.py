@@ -21,8 +21,7 @@ What is implemented, per dialogue of N turns and modalities m ∈ {text t, audio
 * Losses (Eq. 4.10–4.14), unweighted as in Eq. 4.14: L_cls is the trainer's cross-entropy on ŷ;
   ``aux_loss`` = L_feature (Σ_m mean |Att_m − Φ_m(Z^m)| over real turns, Φ_m one Linear as in the
   code, summed over AFW layers) + L_modal (cross-entropy on Z^{m-adapt}). L_modal needs labels,
-  which `forward` does not get: the method's plug-in adds it to ``output.aux_loss`` in
-  `OGMGE.batch_loss` (before the trainer adds aux_loss to the loss).
+  which `forward` does not get: the trainer adds it through `Ada2I.label_loss`.
 * Training (Eq. 4.15–4.20): `OGMGE`, returned by `training_plugins()`. Per batch,
   s^m = mean over labelled turns where m is present of softmax(modality_logits[m])_y (Eq. 4.16),
   ρ^m = s^m / min_j s^j over the modalities present in the batch (Eq. 4.17),
@@ -193,7 +192,7 @@ class Ada2I(ERCMethod):
     def modal_loss(self, output: MethodOutput, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L_modal (Eq. 4.13): cross-entropy on Z^{m-adapt}, rebuilt from the unimodal logits
         (Σ_present (cos_m + b/M) + (1 − n_present/M) b = Σ_present cos_m + b). It needs labels,
-        which `forward` does not get, so `OGMGE.batch_loss` adds it to ``output.aux_loss``."""
+        which `forward` does not get: the trainer adds it through `label_loss`."""
         present = mask.float()
         fused = sum(output.modality_logits[m] * present[..., k:k + 1] for k, m in enumerate(MODALITIES))
         fused = fused + (1 - present.sum(-1, keepdim=True) / len(MODALITIES)) * self.amw_bias
@@ -201,6 +200,9 @@ class Ada2I(ERCMethod):
         if not labelled.any():
             return fused.sum() * 0
         return F.cross_entropy(fused[labelled], labels[labelled])
+
+    def label_loss(self, output: MethodOutput, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.modal_loss(output, labels, mask)
 
     def training_plugins(self) -> list[TrainingPlugin]:
         return [OGMGE(self, self.alpha, self.modulation_start, self.noise)]
@@ -218,8 +220,7 @@ def scale_gradients(module: nn.Module, factor: float, noise: bool) -> None:
 
 class OGMGE(TrainingPlugin):
     """Ada2I's training strategy (Eq. 4.15–4.20): on-the-fly gradient modulation of each modality's
-    encoder by its confidence relative to the weakest modality, plus Gaussian noise. Also adds
-    L_modal to the method's aux_loss (see `Ada2I.modal_loss`)."""
+    encoder by its confidence relative to the weakest modality, plus Gaussian noise."""
 
     name = "ada2i-ogm-ge"
 
@@ -229,9 +230,7 @@ class OGMGE(TrainingPlugin):
         self.last: dict[str, float] = {}  # the coefficients k^m of the last modulated batch
 
     def batch_loss(self, per_turn: torch.Tensor, output: MethodOutput, batch: dict, epoch: int) -> None:
-        self.epoch = epoch
-        modal = self.model.modal_loss(output, batch["labels"], batch["mask"])
-        output.aux_loss = modal if output.aux_loss is None else output.aux_loss + modal
+        self.epoch = epoch  # modulation starts at `start_epoch`; the loss is left as it is
         return None
 
     def coefficients(self, output: MethodOutput, batch: dict) -> dict[str, float]:

@@ -58,8 +58,8 @@ Choices where the supplement is silent (or our setting differs):
   for face; with the rates swapped, 0.56 and 0.97.
 * Modalities in play: those present at some turn of the batch. Only they are rebalanced
   (n = their number); with fewer than two there is nothing to rebalance: μ = 1 and L_mod = 0.
-* The unimodal heads' cross-entropy needs labels, which `forward` does not get: the plug-in adds it
-  to ``output.aux_loss`` in `batch_loss` (it only trains the heads: their inputs are detached).
+* The unimodal heads' cross-entropy needs labels, which `forward` does not get: the trainer adds it
+  through `BALM.label_loss` (it only trains the heads: their inputs are detached).
 * Masks are fixed by the data or the benchmark (the paper's masking operator is the benchmark's
   business, not the method's).
 """
@@ -167,6 +167,9 @@ class BALM(ERCMethod):
                            for m in MODALITIES])
         return (self.balance * cos).abs().mean()
 
+    def label_loss(self, output: MethodOutput, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return unimodal_loss(output, labels, mask)
+
     def training_plugins(self) -> list[TrainingPlugin]:
         return [GradientRebalancing(self.rho, self.fast, self.slow, self.eps, self.noise)]
 
@@ -200,7 +203,7 @@ def discrepancies(output: MethodOutput, batch: dict) -> dict[str, float]:
 class GradientRebalancing(TrainingPlugin):
     """BALM's GRM, distribution-driven part: encoder gradients scaled by μ^m (Eq. 34), which
     attenuates the modalities learning fastest and amplifies those that lag (e.g. the often
-    missing ones). Also trains the unimodal heads and feeds c^m to the spatial loss."""
+    missing ones). Also feeds c^m to the spatial loss."""
 
     name = "balm-grm"
 
@@ -209,11 +212,6 @@ class GradientRebalancing(TrainingPlugin):
         self.rho, self.fast, self.slow, self.eps, self.noise = rho, fast, slow, eps, noise
         self.averages: dict[str, list[float]] = {}  # modality -> [fast, slow] moving averages of KL^m
         self.last: dict[str, float] = {}  # μ^m of the last batch
-
-    def batch_loss(self, per_turn: torch.Tensor, output: MethodOutput, batch: dict, epoch: int) -> None:
-        heads = unimodal_loss(output, batch["labels"], batch["mask"])
-        output.aux_loss = heads if output.aux_loss is None else output.aux_loss + heads
-        return None
 
     def update(self, kl: dict[str, float]) -> dict[str, float]:
         """Record this batch's KL^m; μ^m for the modalities in play ({} below two)."""

@@ -14,9 +14,16 @@ A method never reads a feature where the mask says absent (the trainer's modalit
 missing-rate benchmark hide modalities through the mask only, the arrays keep their values).
 
 `MethodOutput.logits` (B, T, C) is the turn-level prediction; `aux_loss` is what the method adds
-to the cross-entropy (reconstruction, distillation, estimation losses), already weighted;
+to the cross-entropy without labels (reconstruction, distillation, estimation losses), already
+weighted;
 `modality_logits` are per-modality predictions (B, T, C) that balancing plug-ins read
 (Ada2I's and BALM's modulation, SPCL's difficulty).
+
+Losses that need the labels, which `forward` does not get, come from two hooks the trainer calls:
+`turn_loss(output, labels)` is each turn's loss, (B, T): the cross-entropy of `logits` plus any
+extra per-turn heads of the method's paper (CMATH, DQF), so that a curriculum weighting turns
+(SPCL) weights all of it; `label_loss(output, labels, mask)` is a scalar added like `aux_loss`
+(Ada2I's L_modal, BALM's unimodal heads).
 
 Causality: a method with ``causal = True`` gives turn t an output that depends on turns <= t
 only (it can run live, turn by turn). A non-causal method takes ``future_window``: how many later
@@ -73,9 +80,24 @@ class ERCMethod(nn.Module):
                 speakers: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def turn_loss(self, output: MethodOutput, labels: torch.Tensor) -> torch.Tensor:
+        """(B, T) loss of each turn, 0 where unlabelled (-1): by default the cross-entropy of the logits."""
+        return per_turn_loss(output.logits, labels)
+
+    def label_loss(self, output: MethodOutput, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """A scalar training loss that needs the labels, added to the loss like `aux_loss`; None: none."""
+        return None
+
     def training_plugins(self) -> list:
         """Plug-ins the method's paper trains it with (e.g. Ada2I's gradient modulation)."""
         return []
+
+
+def per_turn_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) cross-entropy per turn, 0 where the label is -1."""
+    flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp(min=0),
+                                             reduction="none").reshape(labels.shape)
+    return flat * (labels >= 0)
 
 
 def turn_mask(speakers: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ What is implemented (equation numbers of the paper):
 * Hierarchical distillation (Eqs. 18-23): L_mse = Σ_m ||H'_x - H'_m||², L_kl = Σ_m KL(Y_x || Y_m),
   both over the turns where m is present; ``aux_loss`` = rec_weight·L_rec + γ1·L_mse + γ2·L_kl
   (Eq. 24). The per-modality cross-entropies of Eq. 22 need labels, which `forward` does not get:
-  the method's own plug-in `AuxiliaryHeadLoss` adds them in training (`training_plugins`).
+  `turn_loss` adds them to each turn's loss in training.
 
 Options (``config.options``) and defaults:
 
@@ -64,9 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, time_window, turn_mask
-from .plugins import TrainingPlugin
-from .trainer import per_turn_loss
+from .base import ERCMethod, MethodConfig, MethodOutput, per_turn_loss, time_window, turn_mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,19 +80,12 @@ class HeadsOutput(MethodOutput):
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # the parts of aux_loss, detached
 
 
-class AuxiliaryHeadLoss(TrainingPlugin):
-    """Adds each extra head's cross-entropy to the per-turn loss (CMATH's Eq. 22, DQF's Eq. 1).
-
-    `forward` has no labels, so these terms cannot be part of ``aux_loss``. The plug-in adds them
-    to ``per_turn`` in place and returns None, so that a later plug-in that weights turns (SPCL)
-    still sees, and weights, every turn's whole loss."""
-
-    name = "aux-heads"
-
-    def batch_loss(self, per_turn: torch.Tensor, output: MethodOutput, batch: dict, epoch: int) -> None:
-        for name, logits in getattr(output, "head_logits", {}).items():
-            per_turn.add_(per_turn_loss(logits, batch["labels"]) * output.head_mask[name])
-        return None
+def with_head_losses(per_turn: torch.Tensor, output: MethodOutput, labels: torch.Tensor) -> torch.Tensor:
+    """`per_turn` plus each extra head's cross-entropy where its mask holds (CMATH's Eq. 22, DQF's
+    Eq. 1): a method's `turn_loss`, so that a curriculum weighting turns (SPCL) weights all of it."""
+    for name, logits in getattr(output, "head_logits", {}).items():
+        per_turn = per_turn + per_turn_loss(logits, labels) * output.head_mask[name]
+    return per_turn
 
 
 class MaskedAttention(nn.Module):
@@ -226,8 +217,8 @@ class CMATH(ERCMethod):
         self.classify = nn.ModuleDict({m: nn.Linear(d, config.n_classes) for m in (*MODALITIES, "fused")})
         self.drop = nn.Dropout(p)
 
-    def training_plugins(self) -> list:
-        return [AuxiliaryHeadLoss()]
+    def turn_loss(self, output: MethodOutput, labels: torch.Tensor) -> torch.Tensor:
+        return with_head_losses(super().turn_loss(output, labels), output, labels)
 
     def forward(self, features: dict[str, torch.Tensor], mask: torch.Tensor, speakers: torch.Tensor) -> HeadsOutput:
         b, t = speakers.shape

@@ -23,7 +23,7 @@ every turn gets its own output. What is implemented (equation numbers of the pap
 * Eqs. 8-9: [H_ta, H_tv, H_av, CLS] per turn through MHSA; the CLS output is Ĥ_ca (trimodal).
 * Multi-granularity prediction (Eq. 1): the main MLP reads the concatenation of H_t, H_a, H_v,
   H_ta, H_tv, H_av, Ĥ_ca; each of the seven has its own MLP head whose cross-entropy is added
-  unweighted by the method's plug-in (`AuxiliaryHeadLoss`: `forward` has no labels).
+  unweighted by `turn_loss` (they need labels, which `forward` does not get).
 
 Options (``config.options``) and defaults:
 
@@ -61,8 +61,8 @@ import torch
 from torch import nn
 
 from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, ModalityInputs, time_window, turn_mask
-from .cmath import AuxiliaryHeadLoss, HeadsOutput, MaskedAttention, TurnConv, feed_forward, key_masks
+from .base import ERCMethod, MethodConfig, MethodOutput, ModalityInputs, time_window, turn_mask
+from .cmath import HeadsOutput, MaskedAttention, TurnConv, feed_forward, key_masks, with_head_losses
 
 PAIRS: tuple[tuple[str, str], ...] = (("text", "audio"), ("text", "face"), ("audio", "face"))
 GRANULARITIES: tuple[str, ...] = (*MODALITIES, *(f"{a}+{b}" for a, b in PAIRS), "+".join(MODALITIES))
@@ -170,8 +170,8 @@ class DQF(ERCMethod):
         self.heads = nn.ModuleDict({g: mlp(d, d, config.n_classes, p) for g in GRANULARITIES})
         self.main = mlp(len(GRANULARITIES) * d, d, config.n_classes, p)
 
-    def training_plugins(self) -> list:
-        return [AuxiliaryHeadLoss()]
+    def turn_loss(self, output: MethodOutput, labels: torch.Tensor) -> torch.Tensor:
+        return with_head_losses(super().turn_loss(output, labels), output, labels)
 
     def forward(self, features: dict[str, torch.Tensor], mask: torch.Tensor, speakers: torch.Tensor) -> HeadsOutput:
         b, t = speakers.shape

@@ -46,7 +46,8 @@ Choices where the dissertation is silent, or our setting differs:
   with these defaults λ stays far below it within any run of this project.
 * Pacing: exponential (the default) wherever s is defined, competence-based (Table 4.9) where it
   is not; the cosine and moving-average schedules of Table 4.9 (ablations) are not implemented.
-* The method's ``aux_loss`` is not self-paced (the dissertation's backbones have none).
+* The method's ``aux_loss`` and ``label_loss`` are not self-paced (the dissertation's backbones have
+  none); its ``turn_loss`` (extra heads included) is.
 """
 from __future__ import annotations
 

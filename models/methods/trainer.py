@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..features import DialogueFeatures, collate
 from ..labels import LabelSet
 from ..reports import scores
-from .base import ERCMethod, MethodOutput
+from .base import ERCMethod, per_turn_loss
 from .plugins import TrainingPlugin
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,6 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def per_turn_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) cross-entropy per turn, 0 where the label is -1."""
-    flat = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp(min=0),
-                                             reduction="none").reshape(labels.shape)
-    return flat * (labels >= 0)
 
 
 def mean_loss(per_turn: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -106,13 +99,16 @@ def train_method(model: ERCMethod, train: Sequence[DialogueFeatures], valid: Seq
             if any(fit.drop):
                 batch = _drop(batch, fit.drop, generator)
             output = model(batch["features"], batch["mask"], batch["speakers"])
-            per_turn = per_turn_loss(output.logits, batch["labels"])
+            per_turn = model.turn_loss(output, batch["labels"])
             loss = None
             for plugin in plugins:
                 loss = plugin.batch_loss(per_turn, output, batch, epoch) if loss is None else loss
             loss = mean_loss(per_turn, batch["labels"]) if loss is None else loss
-            if output.aux_loss is not None:
-                loss = loss + output.aux_loss
+            supervised = model.label_loss(output, batch["labels"], batch["mask"])
+            aux = output.aux_loss if supervised is None else (
+                supervised if output.aux_loss is None else output.aux_loss + supervised)
+            if aux is not None:
+                loss = loss + aux
             optim.zero_grad()
             loss.backward()
             for plugin in plugins:
