@@ -19,10 +19,13 @@ hidden size, optimiser, epochs, early stopping and model selection on the valida
 The paper claims checked are listed in `CLAIMS`; the table says for each whether our run shows it.
 
     python bench/methods.py --iemocap-encoder runs/iemocap-ctx8/seed0/encoder [--seeds 0 1 2] \
-        [--tasks iemocap meld paired] [--methods ...] [--epochs 30] [--jobs 2] [--out FILE-STEM]
+        [--tasks iemocap meld paired] [--methods ...] [--epochs 30] [--jobs 2] [--out FILE-STEM] \
+        [--reuse EARLIER.runs.jsonl ...]
 
 Prints one JSON object; writes it and a markdown table to ``--out`` (.json, .md), and each
-finished run as it comes to ``--out``.runs.jsonl.
+finished run as it comes to ``--out``.runs.jsonl. ``--reuse`` takes the runs of earlier (or
+concurrent, cut-off) invocations whose settings match a planned run instead of training it again,
+so a benchmark can be split across machines or sessions and summarised in one table.
 """
 from __future__ import annotations
 
@@ -125,6 +128,26 @@ def task_data(task: str, encoders: tuple[tuple[str, str], ...], data_dir: str | 
         pools = {"audio": audio_pools(data_dir, "whisper_unpadded", cache_dir() / "emodb"),
                  "face": face_pools(default_experts_dir() / "face_cnn.onnx", data_dir, cache_dir() / "fer")}
     return label_set, splits, pools
+
+
+def job_key(job: dict) -> tuple:
+    """What makes two runs the same run: task, row, seed, variant, training settings, encoder."""
+    corpus = "iemocap" if job["task"] == "paired" else job["task"]
+    return (job["task"], job["row"], job["seed"], job["future_window"], job["epochs"], job["patience"],
+            job["hidden"], job["dropout"], job["lr"], job["encoders"][corpus], job["data_dir"])
+
+
+def load_runs(paths: list[Path]) -> dict[tuple, dict]:
+    """Finished runs from earlier outputs (a .runs.jsonl, or a .json with "runs"), by `job_key`."""
+    runs = {}
+    for path in paths:
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        else:
+            records = json.loads(path.read_text())["runs"]
+        for r in records:
+            runs[job_key(r)] = r
+    return runs
 
 
 def run_one(job: dict) -> dict:
@@ -240,7 +263,8 @@ def markdown(summary: dict, claims: list[dict], tasks: list[str]) -> str:
         else:
             cols.append((task, "test"))
     head += [f"{t} {c}".replace(" test", "") for t, c in cols]
-    head += ["causal variant (text)", "params", "s / epoch", "ms / dialogue", "paper's claim shown?"]
+    causal_tasks = [t for t in tasks if t != "paired" and any(f"{t}:causal" in v for v in summary.values())]
+    head += [f"causal variant ({', '.join(causal_tasks) or '-'})", "params", "s / epoch", "ms / dialogue", "paper's claim shown?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     claim_of = {c["row"]: c for c in claims}
     for row in ROWS:
@@ -257,6 +281,14 @@ def markdown(summary: dict, claims: list[dict], tasks: list[str]) -> str:
                  f"{first['parameters']:,}", f"{first['seconds_per_epoch']:.2f}",
                  f"{first['inference_ms_per_dialogue']:.1f}", claim_text]
         lines.append("| " + " | ".join(cells) + " |")
+    if "paired" in tasks:  # every missing rate, as the main table shows three of them
+        names = list(CONDITIONS)
+        lines += ["", "Paired set, test weighted F1 by missing rate (audio and face dropped per turn at the shared "
+                  "rate; BALM's settings drop text too):", "",
+                  "| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        for row in ROWS:
+            if "paired" in summary.get(row, {}):
+                lines.append(f"| {row} | " + " | ".join(cell(row, "paired", c) for c in names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -275,6 +307,10 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--no-causal-variants", action="store_true", help="skip the future_window=0 runs")
+    parser.add_argument("--causal-tasks", nargs="+", default=["iemocap", "meld"], choices=["iemocap", "meld", "paired"],
+                        help="tasks on which non-causal methods also train their causal variant (default: the text tasks)")
+    parser.add_argument("--reuse", type=Path, nargs="+", default=[],
+                        help="earlier .runs.jsonl / .json outputs: matching runs are taken from them, not trained")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (1 thread each)")
     parser.add_argument("--data", help="data folder (default $MERC_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path(f"bench/results/{dt.date.today()}-methods"))
@@ -300,21 +336,25 @@ def main() -> None:
                 raise SystemExit(f"unknown method {method}")
             windows = [None]
             module, attr = METHODS[method].split(":")
-            if not getattr(importlib.import_module(module), attr).causal and not args.no_causal_variants:
+            if (not getattr(importlib.import_module(module), attr).causal and not args.no_causal_variants
+                    and task in args.causal_tasks):
                 windows.append(0)
             for window in windows:
                 for seed in args.seeds:
                     jobs.append({"task": task, "row": row, "seed": seed, "future_window": window, "epochs": args.epochs,
                                  "patience": args.patience, "hidden": args.hidden, "dropout": args.dropout,
                                  "lr": args.lr, "encoders": encoders, "data_dir": args.data})
+    earlier = load_runs(args.reuse)
+    results = [earlier[job_key(job)] for job in jobs if job_key(job) in earlier]
+    jobs = [job for job in jobs if job_key(job) not in earlier]
+    logging.info("%d runs reused from %s, %d to train", len(results), [str(p) for p in args.reuse], len(jobs))
     # Warm the caches once (embeddings, expert evidence) before the workers start.
-    for task in args.tasks:
+    for task in sorted({job["task"] for job in jobs}):
         task_data(task, tuple(sorted(encoders.items())), args.data)
     started = time.time()
-    results = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".runs.jsonl")  # one line per finished run, so a cut-off run keeps its results
-    partial.write_text("")
+    partial.write_text("".join(json.dumps(r, default=str) + "\n" for r in results))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(run_one, job): job for job in jobs}
         for n, future in enumerate(as_completed(futures), start=1):
