@@ -56,9 +56,6 @@ from .protocol import Admission, Control, Invalid, Ping, RateLimiter, Resume, pa
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024
-# How long a closing handshake waits for the client's answer (websockets' default: 10 s). A client that
-# stopped reading would otherwise hold a shutdown (Ctrl-C, stop()) that long.
-CLOSE_TIMEOUT_S = 1.0
 # The kernel's send buffer per connection, fixed instead of autotuned (up to MiBs): a client that stops
 # reading is noticed after this much plus its queue, and holds no more memory than that.
 SEND_BUFFER_BYTES = 128 * 1024
@@ -155,7 +152,7 @@ class EventServer:
                 pass
 
         async with serve(self._connection, self.host, self.port, max_size=MAX_MESSAGE_BYTES,
-                         close_timeout=CLOSE_TIMEOUT_S, process_request=self._process_request) as server:
+                         process_request=self._process_request) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._access = AccessPolicy.create(self.host, self.port, self.token, self.allow_origins)
             self.bus.subscribe(deliver)
