@@ -367,8 +367,9 @@ def main() -> None:
                                  "patience": args.patience, "hidden": args.hidden, "dropout": args.dropout,
                                  "lr": args.lr, "encoders": encoders, "data_dir": args.data})
     earlier = load_runs(args.reuse)
-    results = [earlier[job_key(job)] for job in jobs if job_key(job) in earlier]
-    jobs = [job for job in jobs if job_key(job) not in earlier]
+    keyed = [(job_key(job), job) for job in jobs]
+    results = [earlier[key] for key, _ in keyed if key in earlier]
+    jobs = [job for key, job in keyed if key not in earlier]
     logging.info("%d runs reused from %s, %d to train", len(results), [str(p) for p in args.reuse], len(jobs))
     # Warm the caches once (embeddings, expert evidence) before the workers start.
     for task in sorted({job["task"] for job in jobs}):

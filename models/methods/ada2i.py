@@ -20,8 +20,8 @@ What is implemented, per dialogue of N turns and modalities m ∈ {text t, audio
   Eq. 4.16.
 * Losses (Eq. 4.10–4.14), unweighted as in Eq. 4.14: L_cls is the trainer's cross-entropy on ŷ;
   ``aux_loss`` = L_feature (Σ_m mean |Att_m − Φ_m(Z^m)| over real turns, Φ_m one Linear as in the
-  code, summed over AFW layers) + L_modal (cross-entropy on Z^{m-adapt}). L_modal needs labels,
-  which `forward` does not get: the trainer adds it through `Ada2I.label_loss`.
+  code, summed over AFW layers); L_modal (cross-entropy on Z^{m-adapt}) needs labels, which
+  `forward` does not get, so it is `Ada2I.label_loss`, which the trainer adds.
 * Training (Eq. 4.15–4.20): `OGMGE`, returned by `training_plugins()`. Per batch,
   s^m = mean over labelled turns where m is present of softmax(modality_logits[m])_y (Eq. 4.16),
   ρ^m = s^m / min_j s^j over the modalities present in the batch (Eq. 4.17),
