@@ -150,34 +150,34 @@ class MultiDAG(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], mask: torch.Tensor, speakers: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, C) for padded dialogues: features[m] (B, T, dim_m), mask (B, T, 3) bool,
         speakers (B, T) long. Padding after a dialogue's end does not affect its turns."""
-        b, t = speakers.shape
-        w = self.config.max_predecessors
+        t = speakers.shape[1]
         h0 = self.node_input(features, mask)
         same, valid = self._batch_predecessors(speakers)
+        # Turn i reads only as far back as its farthest predecessor in any row of the batch: the
+        # slots beyond are masked out anyway, and skipping them keeps each turn's work (and the
+        # gradient bookkeeping of the turns it reads) to what the graph actually has.
+        slot = torch.arange(1, valid.shape[-1] + 1, device=valid.device)
+        reach = (valid * slot).amax(dim=(0, 2)).tolist() if valid.numel() else [0] * t
         history: list[list[torch.Tensor]] = [[] for _ in self.layers]  # per layer, per turn: outgoing (B, 1+2H)
-        zero = h0.new_zeros(b, 1 + 2 * self.config.hidden)
         outputs = []
         for i in range(t):
-            preds = [torch.stack([layer_hist[i - back] if back <= i else zero for back in range(1, w + 1)], dim=1)
-                     for layer_hist in history]
-            states = self._turn(h0[:, i], preds, same[:, i], valid[:, i])
+            k = reach[i]
+            preds = [torch.stack(layer_hist[i - k:i][::-1], dim=1) if k else
+                     h0.new_zeros(h0.shape[0], 0, 1 + 2 * self.config.hidden) for layer_hist in history]
+            states = self._turn(h0[:, i], preds, same[:, i, :k], valid[:, i, :k])
             for layer, layer_hist, s in zip(self.layers, history, states[1:]):
                 layer_hist.append(layer.outgoing(s))
-            outputs.append(self._logits(states))
-        return torch.stack(outputs, dim=1)
+            outputs.append(torch.cat(states, dim=-1))
+        return self.classifier(torch.stack(outputs, dim=1))
 
     def _batch_predecessors(self, speakers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, W) bool masks: same speaker, and is a predecessor, with W = max_predecessors."""
         b, t = speakers.shape
         w = self.config.max_predecessors
-        same = torch.zeros(b, t, w, dtype=torch.bool)
-        valid = torch.zeros(b, t, w, dtype=torch.bool)
         spk = speakers.tolist()
-        for row in range(b):
-            for i in range(t):
-                same_row, valid_row = self._window(spk[row][max(0, i - w):i][::-1], spk[row][i])
-                same[row, i] = torch.tensor(same_row)
-                valid[row, i] = torch.tensor(valid_row)
+        windows = [[self._window(spk[row][max(0, i - w):i][::-1], spk[row][i]) for i in range(t)] for row in range(b)]
+        same = torch.tensor([[s for s, _ in row] for row in windows], dtype=torch.bool).reshape(b, t, w)
+        valid = torch.tensor([[v for _, v in row] for row in windows], dtype=torch.bool).reshape(b, t, w)
         return same.to(speakers.device), valid.to(speakers.device)
 
     def _window(self, previous: Sequence[int], speaker: int) -> tuple[list[bool], list[bool]]:

@@ -49,7 +49,8 @@ t depends on turns ≤ t (it is the graph a live system has at turn t; with ``ke
 at t is exactly the offline model's output for the dialogue cut after t, see the tests; with
 l > 1 its convolution covers turns t−l+1 … t instead of being centred). For k > 0 the convolution
 and the graph windows add up. Cost: the causal variant decomposes one graph per turn and modality
-(batched eigh of T×T matrices) and runs the GCN on O(T²) nodes per dialogue.
+(eigenvalues of each view at its own size, batched by size; eigenvectors only of the graphs that
+are rebuilt) and runs the GCN on O(T²) nodes per dialogue.
 
 Choices where the paper is silent (digest, Paper 4 and the comparability warnings):
 
@@ -73,10 +74,11 @@ Choices where the paper is silent (digest, Paper 4 and the comparability warning
   squared error over the entries where the truth is known, summed over modalities; the same for
   the eigenvalues (over the known graphs' eigenvalues).
 * Eigenvectors of a graph with a missing node come from the graph of the completed features (the
-  paper does not say where U of a missing modality comes from). Nodes outside a view (later or
-  padding turns) get the diagonal −(T+1), so the view's eigenpairs never mix with theirs. Inside
+  paper does not say where U of a missing modality comes from). Each view's graph is decomposed
+  on its own nodes, so later or padding turns never mix into its eigenpairs. Inside
   an exactly repeated eigenvalue U diag(λ̂) Uᵀ depends on the basis eigh returns (inherent to
-  replacing Λ with U fixed); similarity graphs of distinct turns practically never have one.
+  replacing Λ with U fixed); ReLU makes that common in small views (two turns whose cosine is
+  ≤ 0 have the identity as their graph), and there the basis is whichever eigh returns.
 * Text-only inputs: audio and face are recovered from text (their networks then learn only
   through the classification loss, having no observed target); their graphs get weight 0.
 * The paper credits speaker modelling but describes none; none is used.
@@ -138,25 +140,34 @@ def similarity_graph(x: torch.Tensor) -> torch.Tensor:
     return F.relu(unit @ unit.transpose(-1, -2))
 
 
-def spectrum(adj: torch.Tensor, view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def spectrum(adj: torch.Tensor, view: torch.Tensor, vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eigen-decomposition A = U diag(λ) Uᵀ of each view's graph, eigenvalues in descending order.
 
-    adj (…, T, T) symmetric, zero outside the view; view (…, T). Nodes outside the view get the
-    diagonal −(T+1), below every eigenvalue of the view's graph (|λ| ≤ T), so that the view's
-    eigenpairs come first and never mix with them; their eigenvalues and vectors are returned as 0.
-    Empty views are skipped (all 0)."""
+    adj (…, T, T) symmetric, zero outside the view; view (…, T). Each view's graph is decomposed
+    on its own nodes only (views of one size together, one batched eigh per size), which is the
+    decomposition of the padded graph restricted to the view: outside it, eigenvalues and vector
+    entries are 0. Empty views are skipped (all 0). With `vectors` False only λ is computed
+    (eigvalsh) and None is returned for U."""
     t = adj.shape[-1]
-    lam = adj.new_zeros(adj.shape[:-1])
-    vec = torch.zeros_like(adj)
-    live = view.any(-1)
-    if live.any():
-        a = adj[live] + torch.diag_embed((~view[live]).to(adj.dtype) * -(t + 1.0))
-        val, u = torch.linalg.eigh(a)
-        val, u = val.flip(-1), u.flip(-1)
-        keep = torch.arange(t, device=adj.device) < view[live].sum(-1, keepdim=True)
-        lam[live] = val * keep
-        vec[live] = u * keep[..., None, :]
-    return lam, vec
+    flat_adj, flat_view = adj.reshape(-1, t, t), view.reshape(-1, t)
+    lam = adj.new_zeros(flat_view.shape)
+    vec = torch.zeros_like(flat_adj) if vectors else None
+    sizes = flat_view.sum(-1)
+    for size in sizes.unique().tolist():
+        if size == 0:
+            continue
+        rows = (sizes == size).nonzero().squeeze(-1)
+        nodes = flat_view[rows].nonzero()[:, 1].reshape(-1, size)  # (n, s): the view's turns, ascending
+        sub = flat_adj[rows].gather(-2, nodes[..., None].expand(-1, -1, t)).gather(-1, nodes[:, None, :].expand(-1, size, -1))
+        if vectors:
+            val, u = torch.linalg.eigh(sub)
+            placed = sub.new_zeros(len(rows), t, t)
+            placed[..., :size] = placed[..., :size].scatter(-2, nodes[..., None].expand(-1, -1, size), u.flip(-1))
+            vec[rows] = placed
+        else:
+            val = torch.linalg.eigvalsh(sub)
+        lam[rows, :size] = val.flip(-1)
+    return lam.reshape(view.shape), vec.reshape(adj.shape) if vectors else None
 
 
 def rebuild(vec: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -298,9 +309,11 @@ class GSDNet(ERCMethod):
         """The fused adjacency of every view (B, V, T, T), and L_rec (Λ part) + L_s^φ."""
         t = completed.shape[2]
         pair = (view[..., :, None] & view[..., None, :]).to(completed.dtype)  # (B, V, T, T)
-        adj = similarity_graph(completed)[:, :, None] * pair  # (M, B, V, T, T)
+        similarity = similarity_graph(completed)  # (M, B, T, T); a view's graph is it times `pair`
+        views = view.expand(M, *view.shape)
         with torch.no_grad():  # U is kept fixed; no gradient through eigh
-            lam, vec = spectrum(adj.detach(), view.expand(M, *view.shape))
+            adj = similarity.detach()[:, :, None] * pair  # (M, B, V, T, T)
+            lam, _ = spectrum(adj, views, vectors=False)
         size = view.sum(-1)  # (B, V)
         nodes = size.clamp(min=1).to(completed.dtype)
         count = (view[None] & here[:, :, None, :]).sum(-1)  # (M, B, V)
@@ -320,15 +333,25 @@ class GSDNet(ERCMethod):
         refined = (generated + self.spectral_decoder(refine_in))[..., 0]
         lam_hat = lam.new_zeros(lam.shape)
         lam_hat[:, valid] = refined
-        rebuilt = F.relu(rebuild(vec, lam_hat * nodes[..., None])) * pair
-        graphs = torch.where(complete[..., None, None], adj, rebuilt)
+        # Fusion A = Σ_m w_m A_m / Σ_m w_m. A complete graph is its similarity graph on the view;
+        # only a weighted graph with a missing node is rebuilt (one whose modality is absent from
+        # every node has weight 0), so the (M, B, V, T, T) stack is never built with gradients.
+        weights = frac  # (M, B, V)
+        fused = torch.einsum("mbv,mbij->bvij", weights * complete, similarity) * pair
+        needed = ~complete & (count > 0)
+        if needed.any():
+            with torch.no_grad():
+                _, vec = spectrum(adj[needed], views[needed])
+            scaled = (lam_hat * nodes[..., None])[needed]
+            rebuilt = F.relu(rebuild(vec, scaled)) * pair.expand_as(adj)[needed]  # (n, T, T)
+            _, b, v = needed.nonzero(as_tuple=True)
+            fused = fused.index_put((b, v), rebuilt * weights[needed][:, None, None], accumulate=True)
+        fused = fused / weights.sum(0).clamp(min=1e-6)[..., None, None]
         loss = completed.new_zeros(())
         if self.training:
             known = complete[..., None].expand(M, *valid.shape)[:, valid]  # (M, n)
             loss = (self.score_matching(self.spectral_score, lam_v[..., None], cond, known)
                     + masked_mean((refined - lam_v).pow(2), known))
-        weights = frac[..., None, None]
-        fused = (graphs * weights).sum(0) / weights.sum(0).clamp(min=1e-6)
         return fused, loss
 
     def propagate(self, h0: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
