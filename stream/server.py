@@ -59,6 +59,10 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # The kernel's send buffer per connection, fixed instead of autotuned (up to MiBs): a client that stops
 # reading is noticed after this much plus its queue, and holds no more memory than that.
 SEND_BUFFER_BYTES = 128 * 1024
+# On shutdown only: how long open connections get for their closing handshake before their sockets
+# are dropped (in normal operation a dropped client keeps websockets' full close_timeout, so that
+# it can still read why it was closed).
+SHUTDOWN_GRACE_S = 1.0
 
 
 class ServerError(RuntimeError):
@@ -114,7 +118,8 @@ class EventServer:
         return self.url
 
     def stop(self) -> None:
-        """Close every connection (code 1001, going away) and the listening socket."""
+        """Close every connection (code 1001, going away; sockets still closing after
+        `SHUTDOWN_GRACE_S` are dropped) and the listening socket."""
         if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stopping.set)
         if self._thread is not None:
@@ -162,7 +167,15 @@ class EventServer:
             finally:
                 self.bus.unsubscribe(deliver)
             server.close(close_connections=True)
-            await server.wait_closed()
+            try:  # each open connection gets a closing handshake (1001), for a while
+                await asyncio.wait_for(asyncio.shield(server.wait_closed()), SHUTDOWN_GRACE_S)
+            except TimeoutError:  # a client that stopped reading would hold it for close_timeout
+                stuck = [c for c in server.all_connections if c.transport is not None]
+                log.info("shutting down: aborting %d connection(s) still closing after %.1f s",
+                         len(stuck), SHUTDOWN_GRACE_S)
+                for connection in stuck:
+                    connection.transport.abort()
+                await server.wait_closed()
 
     def _process_request(self, connection, request):
         """Refuse a WebSocket handshake without the token (401) or from a foreign Origin (403); hand

@@ -321,3 +321,19 @@ def test_the_commands_refuse_to_expose_events_without_a_token(capsys, monkeypatc
         with pytest.raises(SystemExit) as exit:
             main(argv)
         assert exit.value.code == 2 and "--token" in capsys.readouterr().err
+
+
+def test_stop_does_not_wait_on_a_client_that_stopped_reading(served):
+    bus, server = served(queue_size=100_000)  # never dropped as too slow: it is still open at stop()
+    stalled = StalledClient(server.url, server.port)
+    deadline = time.monotonic() + 10
+    while server.connections == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(2000):  # far more than its socket buffers and the server's send buffer hold
+        bus.publish(turn(i, "x" * 300))
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 3  # websockets alone would wait its close_timeout (10 s)
+    assert server.task_count() == 0  # the loop is closed: nothing left running
+    stalled.sock.close()
