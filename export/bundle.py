@@ -135,7 +135,7 @@ class TurnTokenizer:
     truncated `longest_first` to `max_length`; without, one segment.
     """
 
-    def __init__(self, path: Path, max_length: int, context_turns: int) -> None:
+    def __init__(self, path: Path, max_length: int, context_turns: int, speaker_markers: bool = False) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError as err:  # pragma: no cover - a declared dependency
@@ -146,6 +146,7 @@ class TurnTokenizer:
         except Exception as err:  # tokenizers raises a bare Exception on a bad file
             raise BundleError(f"{path}: cannot load tokenizer: {err}") from err
         self.context_turns = context_turns
+        self.speaker_markers = speaker_markers
         self.max_length = max_length
         self._single.no_padding()
         self._pair.no_padding()
@@ -154,10 +155,12 @@ class TurnTokenizer:
         pad = self._single.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
 
-    def turn_input(self, history: list[str], text: str) -> tuple[str, str]:
-        """(text, context) of a new turn given the earlier texts (oldest first)."""
+    def turn_input(self, history: list[str], text: str, speakers: list[str | None] | None = None) -> tuple[str, str]:
+        """(text, context) of a new turn given the earlier texts (oldest first); with speaker
+        markers, `speakers` holds the earlier turns' speakers and then this turn's."""
         texts = history[-self.context_turns:] + [text] if self.context_turns else [text]
-        return turn_inputs(texts, self.context_turns)[-1]
+        marks = speakers[-len(texts):] if self.speaker_markers and speakers is not None else None
+        return turn_inputs(texts, self.context_turns, marks)[-1]
 
     def encode(self, inputs: list[tuple[str, str]]) -> dict[str, "np.ndarray"]:  # noqa: F821
         """Padded int64 input_ids, attention_mask, token_type_ids (batch, longest)."""

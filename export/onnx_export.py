@@ -179,6 +179,7 @@ def write_manifest(out: Path, model: TrainedModel, encoder: TextEncoder, opset: 
         "encoder": {
             "id": encoder.id, "spec": asdict(encoder.spec), "dim": encoder.dim,
             "pooling": encoder.spec.pooling, "context_turns": encoder.spec.context_turns,
+            "speaker_markers": encoder.spec.speaker_markers,
             "max_length": encoder.spec.max_length, "tokenizer": TOKENIZER_FILE,
             "inputs": list(ENCODER_INPUTS), "output": ENCODER_OUTPUT, "files": encoder_files,
         },
@@ -266,9 +267,10 @@ def validate_bundle(out: Path, model: TrainedModel, encoder: TextEncoder, varian
             for t in trackers.values():
                 t.reset()
             texts = [u.text for u in dialogue.utterances]
-            items = turn_inputs(texts, ct)
+            speakers = [u.speaker for u in dialogue.utterances]
+            items = turn_inputs(texts, ct, speakers if encoder.spec.speaker_markers else None)
             for i, u in enumerate(dialogue.utterances):
-                item = tokenizer.turn_input(texts[max(0, i - ct):i] if ct else [], u.text)
+                item = tokenizer.turn_input(texts[max(0, i - ct):i] if ct else [], u.text, speakers[:i + 1])
                 if item != items[i]:
                     raise ExportError(f"serving builds the encoder input of {dialogue.id} turn {i} differently")
                 if u.text.strip():
@@ -321,7 +323,8 @@ def _dag_parity(model: TrainedModel, dialogues, encoder: TextEncoder, session) -
     with torch.inference_mode():
         for dialogue in dialogues:
             speakers = dialogue.speaker_indices()
-            vectors = encoder.encode(turn_inputs([u.text for u in dialogue.utterances], encoder.spec.context_turns))
+            marks = [u.speaker for u in dialogue.utterances] if encoder.spec.speaker_markers else None
+            vectors = encoder.encode(turn_inputs([u.text for u in dialogue.utterances], encoder.spec.context_turns, marks))
             for i, vector in enumerate(vectors):
                 subset = (turns + 1) % 8  # cycles through all 8 masks, starting with text only
                 mask = [bool(subset & 1), bool(subset & 2), bool(subset & 4)]

@@ -126,7 +126,8 @@ class TextEncoderSession:
         check_encoder_session(self.session, manifest, path)
         tokenizer_file = manifest.file(manifest.encoder.get("tokenizer", "tokenizer.json"))
         self.tokenizer = TurnTokenizer(tokenizer_file, int(manifest.encoder["max_length"]),
-                                       int(manifest.encoder["context_turns"]))
+                                       int(manifest.encoder["context_turns"]),
+                                       bool(manifest.encoder.get("speaker_markers", False)))
         self.precision = precision
 
     def __call__(self, inputs: list[tuple[str, str]]) -> np.ndarray:
@@ -192,7 +193,7 @@ class BundleTracker:
     def reset(self) -> None:
         """Forget the conversation: the next turn starts a new dialogue."""
         self.dag.reset()
-        self._so_far = ConversationSoFar(self.encoder.tokenizer.context_turns)
+        self._so_far = ConversationSoFar(self.encoder.tokenizer.context_turns, self.encoder.tokenizer.speaker_markers)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -208,7 +209,7 @@ class BundleTracker:
         started = time.perf_counter()
         features = {}
         if text.strip() and "text" in self.modalities:
-            features["text"] = self.encoder([self._so_far.encoder_input(text)])[0]
+            features["text"] = self.encoder([self._so_far.encoder_input(text, speaker)])[0]
         for name, vector in (extra or {}).items():
             if name in self.modalities and name != "text" and vector is not None:
                 features[name] = vector

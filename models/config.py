@@ -27,6 +27,8 @@ class TrainConfig:
     encoder: str = _opt(MINILM_ID, "text encoder: hub id, local model dir, or a fine-tuned encoder dir (a run's encoder/)")
     finetune: bool = _opt(False, "fine-tune the text encoder on the training split first (stored in RUN/encoder)")
     ft_context_turns: int = _opt(2, "fine-tuning: previous turns the encoder sees as context (causal)")
+    ft_speaker_markers: bool = _opt(False, "fine-tuning: mark each context turn 'same: ' or 'other: ' by its speaker's "
+                                           "relation to the turn's speaker")
     ft_train_layers: int = _opt(2, "fine-tuning: number of top transformer layers trained")
     ft_epochs: int = _opt(3, "fine-tuning: epochs (best validation epoch kept)")
     ft_lr: float = _opt(1e-4, "fine-tuning: peak learning rate (linear warm-up and decay)")

@@ -36,7 +36,8 @@ def text_features(encoder: TextEncoder, dialogues: Sequence[Dialogue], label_set
     items, spans = [], []
     for d in dialogues:
         start = len(items)
-        items.extend(turn_inputs([u.text for u in d.utterances], encoder.spec.context_turns))
+        speakers = [u.speaker for u in d.utterances] if encoder.spec.speaker_markers else None
+        items.extend(turn_inputs([u.text for u in d.utterances], encoder.spec.context_turns, speakers))
         spans.append((start, len(items)))
     vectors = encode_cached(encoder, items, cache, progress=progress)
     packed = []

@@ -33,6 +33,7 @@ class FinetuneConfig:
 
     base: str = MINILM_ID
     context_turns: int = 2
+    speaker_markers: bool = False
     train_layers: int = 2
     epochs: int = 3
     lr: float = 1e-4
@@ -42,11 +43,12 @@ class FinetuneConfig:
     warmup: float = 0.1
 
 
-def _labelled_items(dialogues: list[Dialogue], label_set: LabelSet, context_turns: int):
+def _labelled_items(dialogues: list[Dialogue], label_set: LabelSet, context_turns: int, speaker_markers: bool):
     items, labels = [], []
     for dialogue in dialogues:
         texts = [u.text for u in dialogue.utterances]
-        for item, utt in zip(turn_inputs(texts, context_turns), dialogue.utterances):
+        speakers = [u.speaker for u in dialogue.utterances] if speaker_markers else None
+        for item, utt in zip(turn_inputs(texts, context_turns, speakers), dialogue.utterances):
             items.append(item)
             labels.append(label_set.index(utt.label))
     return items, np.array(labels)
@@ -94,11 +96,12 @@ def finetune_text_encoder(train: list[Dialogue], valid: list[Dialogue], label_se
     """Fine-tune, keep the best validation epoch in `out_dir`, and return its metrics."""
     random.seed(seed)
     torch.manual_seed(seed)
-    encoder = TextEncoder.load(cfg.base).with_spec(context_turns=cfg.context_turns, max_length=cfg.max_length)
+    encoder = TextEncoder.load(cfg.base).with_spec(context_turns=cfg.context_turns, max_length=cfg.max_length,
+                                                   speaker_markers=cfg.speaker_markers)
     names = _trainable_names(encoder, cfg.train_layers)
     head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(encoder.dim, len(label_set))).to(encoder.device)
-    train_items, train_y = _labelled_items(train, label_set, cfg.context_turns)
-    valid_items, valid_y = _labelled_items(valid, label_set, cfg.context_turns)
+    train_items, train_y = _labelled_items(train, label_set, cfg.context_turns, cfg.speaker_markers)
+    valid_items, valid_y = _labelled_items(valid, label_set, cfg.context_turns, cfg.speaker_markers)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * ((len(train_items) + cfg.batch_size - 1) // cfg.batch_size)

@@ -84,6 +84,7 @@ class EncoderSpec:
     base: str = MINILM_ID
     pooling: str = "mean"  # "mean" over tokens of the turn's own text segment, or "cls"
     context_turns: int = 0  # previous turns given to the encoder as a second segment
+    speaker_markers: bool = False  # context turns marked "same: " / "other: " (see `turn_inputs`)
     max_length: int = 128
     delta_sha256: str | None = None  # checksum of the fine-tuned parameters, when fine-tuned
 
@@ -104,7 +105,10 @@ class TextEncoder(torch.nn.Module):
     @property
     def id(self) -> str:
         """Stable identity of this encoder's outputs: the key of the embedding cache."""
-        key = {"spec": asdict(self.spec), "input_format": INPUT_FORMAT}
+        spec = asdict(self.spec)
+        if not spec["speaker_markers"]:  # encoders from before the option keep their cache key
+            del spec["speaker_markers"]
+        key = {"spec": spec, "input_format": INPUT_FORMAT}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

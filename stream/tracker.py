@@ -39,14 +39,14 @@ class DialogueTracker:
     def reset(self) -> None:
         """Forget the conversation: the next turn starts a new dialogue."""
         self._state: DAGState = self.model.dag.initial_state()
-        self._so_far = ConversationSoFar(self.encoder.spec.context_turns)
+        self._so_far = ConversationSoFar(self.encoder.spec.context_turns, self.encoder.spec.speaker_markers)
 
     @torch.inference_mode()
     def track(self, speaker: str | None, text: str) -> TurnResult:
         """Add a turn (speaker may be None when unknown) and return its emotion."""
         started = time.perf_counter()
         has_text = bool(text.strip())
-        vector = self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text)]))[0] if has_text else None
+        vector = self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text, speaker)]))[0] if has_text else None
         encoded = time.perf_counter()
         features = {"text": vector} if vector is not None else {}
         mask = torch.tensor([has_text, False, False], device=self.encoder.device)

@@ -47,8 +47,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory, one_thread):
     """A tiny DAG (hidden 64, omega 2, window 4) trained on a few real MELD dialogues, over the
-    packaged MiniLM weights with a context spec (2 previous turns as a second segment), so the
-    export covers pair tokenisation, segment-0 pooling and window wrap-around."""
+    packaged MiniLM weights with a context spec (2 previous turns as a second segment, marked by
+    speaker), so the export covers pair tokenisation, speaker markers, segment-0 pooling and window
+    wrap-around (the bundled default model covers an encoder without markers)."""
     tmp = tmp_path_factory.mktemp("export-run")
     lines = []
     for split, n in (("train", 3), ("valid", 1)):
@@ -57,7 +58,7 @@ def run_dir(data_dir, tmp_path_factory, one_thread):
                 {"speaker": u.speaker, "text": u.text, "emotion": u.label} for u in d.utterances[:12]]}))
     corpus = tmp / "small.jsonl"
     corpus.write_text("\n".join(lines) + "\n")
-    encoder = TextEncoder.load("minilm", device="cpu").with_spec(context_turns=2)
+    encoder = TextEncoder.load("minilm", device="cpu").with_spec(context_turns=2, speaker_markers=True)
     top = [name for name, _ in encoder.model.named_parameters() if ".layer.5." in name]
     encoder.save_finetuned(tmp / "encoder-c2", trained=top)
     run = tmp / "run"
@@ -83,7 +84,7 @@ def test_bundle_is_complete_and_checksummed(bundle, run_dir):
     assert manifest["labels"] == list(model.label_set.labels)
     assert manifest["dag"]["dims"] == model.dag.config.dims
     assert (manifest["dag"]["omega"], manifest["dag"]["max_predecessors"], manifest["dag"]["hidden"]) == (2, 4, 64)
-    assert manifest["encoder"]["context_turns"] == 2
+    assert manifest["encoder"]["context_turns"] == 2 and manifest["encoder"]["speaker_markers"] is True
     assert "audio" in manifest["dag"]["covers"] and "face" in manifest["dag"]["covers"]
     assert set(manifest["files"]) == {DAG_FILE, TOKENIZER_FILE, ENCODER_FILES["fp32"], ENCODER_FILES["int8"]}
     for name, digest in manifest["files"].items():

@@ -8,8 +8,9 @@ from merc.models.corpora import load_corpus
 from merc.models.embedding_cache import EmbeddingCache, encode_cached
 from merc.models.finetune import FinetuneConfig, finetune_text_encoder
 from merc.models.labels import MELD7
+from merc.models.paths import default_model_dir
 from merc.models.text_encoder import MINILM_ID, EncoderError, TextEncoder
-from merc.models.turns import turn_inputs
+from merc.models.turns import ConversationSoFar, turn_inputs
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,26 @@ def test_turn_inputs_use_only_earlier_turns_most_recent_first():
     texts = ["a", "b", "c", "d"]
     assert turn_inputs(texts, 0) == [("a", ""), ("b", ""), ("c", ""), ("d", "")]
     assert turn_inputs(texts, 2) == [("a", ""), ("b", "a"), ("c", "b | a"), ("d", "c | b")]
+
+
+def test_speaker_markers_tell_each_context_turn_s_relation_to_the_speaker():
+    texts, speakers = ["a", "b", "c", "d"], ["Ann", "Bob", "Ann", None]
+    assert turn_inputs(texts, 2, speakers) == [
+        ("a", ""), ("b", "other: a"), ("c", "other: b | same: a"), ("d", "c | b")]  # unknown: unmarked
+    # live tracking builds exactly the inputs of training, turn by turn
+    so_far = ConversationSoFar(2, speaker_markers=True)
+    live = []
+    for text, speaker in zip(texts, speakers):
+        live.append(so_far.encoder_input(text, speaker))
+        so_far.result(speaker, text, ["x", "y"], [0.5, 0.5], ("text",), {})
+    assert live == turn_inputs(texts, 2, speakers)
+
+
+def test_encoder_ids_stay_stable_and_markers_change_them(minilm):
+    # the embedding-cache key of an encoder without speaker markers is the one it always had
+    assert minilm.id == "c9f18029a9b8c534"
+    assert TextEncoder.load(default_model_dir() / "encoder", device="cpu").id == "af827cfd5ec9aff9"
+    assert minilm.with_spec(speaker_markers=True).id != minilm.id
 
 
 def test_packaged_minilm_gives_sentence_embeddings(minilm):
