@@ -298,7 +298,7 @@ def test_replay_serve_serves_the_overlay_and_the_events_until_interrupted():
 
     proc = subprocess.Popen([sys.executable, "-m", "merc.stream.replay_cli", str(KITCHEN), "--serve", "--port", "0",
                              "--speed", "max", "--out", os.devnull], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     try:
         lines = []
         while not any("still serving" in line for line in lines):
@@ -320,4 +320,9 @@ def test_replay_serve_serves_the_overlay_and_the_events_until_interrupted():
         assert asyncio.run(asyncio.wait_for(turns(), 30)) == list(range(5))
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:  # show where it hangs: faulthandler dumps every thread on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail("merc-replay --serve did not exit 30 s after SIGINT; its threads:\n" + proc.stderr.read()[-8000:])
+        assert code == 0
