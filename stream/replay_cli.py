@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 import sys
-import threading
+import time
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -138,7 +138,8 @@ def replay(args: argparse.Namespace) -> int:
             result = replay_recording(recording, processor, bus, _speed(args), segmenter_options(args))
             if server is not None:
                 print("merc-replay: replay done; still serving, Ctrl-C stops", file=sys.stderr, flush=True)
-                threading.Event().wait()
+                while True:  # timed sleeps, not one endless wait: when the kernel hands Ctrl-C to
+                    time.sleep(0.5)  # another thread, this thread must wake to raise KeyboardInterrupt
         except KeyboardInterrupt:
             if result is None:  # interrupted mid-replay: status 130
                 raise
