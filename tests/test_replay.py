@@ -298,7 +298,10 @@ def test_replay_serve_serves_the_overlay_and_the_events_until_interrupted():
 
     proc = subprocess.Popen([sys.executable, "-m", "merc.stream.replay_cli", str(KITCHEN), "--serve", "--port", "0",
                              "--speed", "max", "--out", os.devnull], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            # Ctrl-C as a terminal delivers it, however pytest was started: a shell's
+                            # background job (`pytest &`) passes SIGINT on as ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         while not any("still serving" in line for line in lines):
