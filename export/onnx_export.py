@@ -30,7 +30,6 @@ from merc.models.checkpoint import TrainedModel, load_model
 from merc.models.corpora import corpus_label_set, load_corpus, resolve_data_dir
 from merc.models.dag import MODALITIES
 from merc.models.text_encoder import TextEncoder
-from merc.models.turns import turn_inputs
 from merc.stream.tracker import DialogueTracker
 
 from .bundle import (
@@ -268,7 +267,7 @@ def validate_bundle(out: Path, model: TrainedModel, encoder: TextEncoder, varian
                 t.reset()
             texts = [u.text for u in dialogue.utterances]
             speakers = [u.speaker for u in dialogue.utterances]
-            items = turn_inputs(texts, ct, speakers if encoder.spec.speaker_markers else None)
+            items = encoder.spec.dialogue_inputs(dialogue.utterances)
             for i, u in enumerate(dialogue.utterances):
                 item = tokenizer.turn_input(texts[max(0, i - ct):i] if ct else [], u.text, speakers[:i + 1])
                 if item != items[i]:
@@ -323,8 +322,7 @@ def _dag_parity(model: TrainedModel, dialogues, encoder: TextEncoder, session) -
     with torch.inference_mode():
         for dialogue in dialogues:
             speakers = dialogue.speaker_indices()
-            marks = [u.speaker for u in dialogue.utterances] if encoder.spec.speaker_markers else None
-            vectors = encoder.encode(turn_inputs([u.text for u in dialogue.utterances], encoder.spec.context_turns, marks))
+            vectors = encoder.encode(encoder.spec.dialogue_inputs(dialogue.utterances))
             for i, vector in enumerate(vectors):
                 subset = (turns + 1) % 8  # cycles through all 8 masks, starting with text only
                 mask = [bool(subset & 1), bool(subset & 2), bool(subset & 4)]

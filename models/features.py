@@ -12,7 +12,6 @@ from .dag import MODALITIES
 from .embedding_cache import EmbeddingCache, encode_cached
 from .labels import LabelSet
 from .text_encoder import TextEncoder
-from .turns import turn_inputs
 
 
 @dataclass
@@ -36,8 +35,7 @@ def text_features(encoder: TextEncoder, dialogues: Sequence[Dialogue], label_set
     items, spans = [], []
     for d in dialogues:
         start = len(items)
-        speakers = [u.speaker for u in d.utterances] if encoder.spec.speaker_markers else None
-        items.extend(turn_inputs([u.text for u in d.utterances], encoder.spec.context_turns, speakers))
+        items.extend(encoder.spec.dialogue_inputs(d.utterances))
         spans.append((start, len(items)))
     vectors = encode_cached(encoder, items, cache, progress=progress)
     packed = []

@@ -21,8 +21,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from .corpora import Dialogue
 from .labels import LabelSet
-from .text_encoder import MINILM_ID, TextEncoder
-from .turns import turn_inputs
+from .text_encoder import MINILM_ID, EncoderSpec, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +42,10 @@ class FinetuneConfig:
     warmup: float = 0.1
 
 
-def _labelled_items(dialogues: list[Dialogue], label_set: LabelSet, context_turns: int, speaker_markers: bool):
+def _labelled_items(dialogues: list[Dialogue], label_set: LabelSet, spec: EncoderSpec):
     items, labels = [], []
     for dialogue in dialogues:
-        texts = [u.text for u in dialogue.utterances]
-        speakers = [u.speaker for u in dialogue.utterances] if speaker_markers else None
-        for item, utt in zip(turn_inputs(texts, context_turns, speakers), dialogue.utterances):
+        for item, utt in zip(spec.dialogue_inputs(dialogue.utterances), dialogue.utterances):
             items.append(item)
             labels.append(label_set.index(utt.label))
     return items, np.array(labels)
@@ -100,8 +97,8 @@ def finetune_text_encoder(train: list[Dialogue], valid: list[Dialogue], label_se
                                                    speaker_markers=cfg.speaker_markers)
     names = _trainable_names(encoder, cfg.train_layers)
     head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(encoder.dim, len(label_set))).to(encoder.device)
-    train_items, train_y = _labelled_items(train, label_set, cfg.context_turns, cfg.speaker_markers)
-    valid_items, valid_y = _labelled_items(valid, label_set, cfg.context_turns, cfg.speaker_markers)
+    train_items, train_y = _labelled_items(train, label_set, encoder.spec)
+    valid_items, valid_y = _labelled_items(valid, label_set, encoder.spec)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * ((len(train_items) + cfg.batch_size - 1) // cfg.batch_size)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
 from .paths import cache_dir, sha256_file
+from .turns import turn_inputs
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,12 @@ class EncoderSpec:
     speaker_markers: bool = False  # context turns marked "same: " / "other: " (see `turn_inputs`)
     max_length: int = 128
     delta_sha256: str | None = None  # checksum of the fine-tuned parameters, when fine-tuned
+
+    def dialogue_inputs(self, utterances: Sequence) -> list[tuple[str, str]]:
+        """(text, context) of every turn of a dialogue (objects with .text and .speaker), as this
+        encoder was trained to read them."""
+        speakers = [u.speaker for u in utterances] if self.speaker_markers else None
+        return turn_inputs([u.text for u in utterances], self.context_turns, speakers)
 
 
 class TextEncoder(torch.nn.Module):
