@@ -30,6 +30,8 @@ class TrainConfig:
     ft_speaker_markers: bool = _opt(False, "fine-tuning: mark each context turn 'same: ' or 'other: ' by its speaker's "
                                            "relation to the turn's speaker")
     ft_train_layers: int = _opt(2, "fine-tuning: number of top transformer layers trained")
+    ft_lora_rank: int = _opt(0, "fine-tuning: 0 trains those layers' weights; above 0, LoRA factors of this rank "
+                                "on their linear maps instead (a small delta; use a higher --ft-lr, e.g. 5e-4)")
     ft_epochs: int = _opt(3, "fine-tuning: epochs (best validation epoch kept)")
     ft_lr: float = _opt(1e-4, "fine-tuning: peak learning rate (linear warm-up and decay)")
     ft_batch_size: int = _opt(32, "fine-tuning: turns per batch")

@@ -2,7 +2,10 @@
 
 Only the top `train_layers` transformer layers are trained: on CPU this is three times faster
 than training the whole encoder, and what gets stored (the trained layers) stays small enough to
-ship. The epoch kept is the one with the best weighted F1 on the validation split.
+ship. With `lora_rank` > 0 those layers stay frozen and low-rank LoRA factors on each of their
+linear maps are trained instead: all six layers can adapt at a fraction of the backward cost, and
+the stored delta is a few MB. The epoch kept is the one with the best weighted F1 on the
+validation split.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class FinetuneConfig:
     context_turns: int = 2
     speaker_markers: bool = False
     train_layers: int = 2
+    lora_rank: int = 0  # 0: train the top layers' weights; > 0: LoRA factors of this rank on them
     epochs: int = 3
     lr: float = 1e-4
     batch_size: int = 32
@@ -95,7 +99,11 @@ def finetune_text_encoder(train: list[Dialogue], valid: list[Dialogue], label_se
     torch.manual_seed(seed)
     encoder = TextEncoder.load(cfg.base).with_spec(context_turns=cfg.context_turns, max_length=cfg.max_length,
                                                    speaker_markers=cfg.speaker_markers)
-    names = _trainable_names(encoder, cfg.train_layers)
+    if cfg.lora_rank:
+        encoder = encoder.with_lora(cfg.lora_rank, cfg.train_layers)
+        names = [name for name, param in encoder.model.named_parameters() if param.requires_grad]
+    else:
+        names = _trainable_names(encoder, cfg.train_layers)
     head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(encoder.dim, len(label_set))).to(encoder.device)
     train_items, train_y = _labelled_items(train, label_set, encoder.spec)
     valid_items, valid_y = _labelled_items(valid, label_set, encoder.spec)

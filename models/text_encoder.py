@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -87,6 +88,8 @@ class EncoderSpec:
     context_turns: int = 0  # previous turns given to the encoder as a second segment
     speaker_markers: bool = False  # context turns marked "same: " / "other: " (see `turn_inputs`)
     max_length: int = 128
+    lora_rank: int = 0  # >0: the fine-tuned parameters are LoRA factors of this rank, merged at load
+    lora_layers: int = 0  # with LoRA: the top layers that carry factors
     delta_sha256: str | None = None  # checksum of the fine-tuned parameters, when fine-tuned
 
     def dialogue_inputs(self, utterances: Sequence) -> list[tuple[str, str]]:
@@ -113,8 +116,9 @@ class TextEncoder(torch.nn.Module):
     def id(self) -> str:
         """Stable identity of this encoder's outputs: the key of the embedding cache."""
         spec = asdict(self.spec)
-        if not spec["speaker_markers"]:  # encoders from before the option keep their cache key
-            del spec["speaker_markers"]
+        for option in ("speaker_markers", "lora_rank", "lora_layers"):
+            if not spec[option]:  # encoders from before the option keep their cache key
+                del spec[option]
         key = {"spec": spec, "input_format": INPUT_FORMAT}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -136,10 +140,14 @@ class TextEncoder(torch.nn.Module):
             if spec.delta_sha256 and sha256_file(delta_path) != spec.delta_sha256:
                 raise EncoderError(f"{delta_path}: checksum does not match {spec_file}")
             delta = {k: v.float() for k, v in load_file(str(delta_path)).items()}
+            if spec.lora_rank:
+                encoder = encoder.with_lora(spec.lora_rank, spec.lora_layers)
             missing = set(delta) - set(encoder.model.state_dict())
             if missing:
                 raise EncoderError(f"{delta_path}: parameters not in the base model: {sorted(missing)[:3]}")
             encoder.model.load_state_dict(delta, strict=False)
+            if spec.lora_rank:  # fold the factors into the weights: a plain model for serving and export
+                encoder = TextEncoder(spec, encoder.model.merge_and_unload(), encoder.tokenizer)
         elif ref_path.exists() and not ref_path.is_dir():
             raise EncoderError(f"{ref}: expected a model directory or a hub id")
         else:
@@ -161,6 +169,22 @@ class TextEncoder(torch.nn.Module):
     def with_spec(self, **changes) -> "TextEncoder":
         """The same weights under a changed spec (e.g. context turns set before fine-tuning)."""
         return TextEncoder(replace(self.spec, **changes), self.model, self.tokenizer)
+
+    def with_lora(self, rank: int, layers: int) -> "TextEncoder":
+        """These weights frozen, with trainable LoRA factors (alpha = 2 * rank) on every linear map
+        of the top `layers` transformer layers: all of them adapt, and the delta stays small."""
+        from peft import LoraConfig, get_peft_model
+
+        n_layers = self.model.config.num_hidden_layers
+        chosen = "|".join(str(i) for i in range(n_layers - layers, n_layers))
+        targets = (rf"encoder\.layer\.({chosen})\."
+                   r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)")
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=targets)
+        spec = replace(self.spec, lora_rank=rank, lora_layers=layers)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(self.model, config)
+        return TextEncoder(spec, model, self.tokenizer)
 
     def tokenize(self, inputs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
         texts = [t for t, _ in inputs]
@@ -204,7 +228,8 @@ class TextEncoder(torch.nn.Module):
         return out
 
     def save_finetuned(self, out_dir: Path, trained: Sequence[str]) -> Path:
-        """Write `encoder.json` and the trained parameters (fp16) so `load` rebuilds this encoder."""
+        """Write `encoder.json` and the trained parameters (fp16) so `load` rebuilds this encoder;
+        `trained` names them in `self.model.state_dict()` (with LoRA, the factors)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         state = self.model.state_dict()
         delta = {name: state[name].detach().to("cpu", torch.float16).contiguous() for name in trained}

@@ -9,7 +9,7 @@ from merc.models.embedding_cache import EmbeddingCache, encode_cached
 from merc.models.finetune import FinetuneConfig, finetune_text_encoder
 from merc.models.labels import MELD7
 from merc.models.paths import default_model_dir
-from merc.models.text_encoder import MINILM_ID, EncoderError, TextEncoder
+from merc.models.text_encoder import MINILM_ID, EncoderError, EncoderSpec, TextEncoder
 from merc.models.turns import ConversationSoFar, turn_inputs
 
 
@@ -37,11 +37,15 @@ def test_speaker_markers_tell_each_context_turn_s_relation_to_the_speaker():
     assert live == turn_inputs(texts, 2, speakers)
 
 
-def test_encoder_ids_stay_stable_and_markers_change_them(minilm):
-    # the embedding-cache key of an encoder without speaker markers is the one it always had
+def test_encoder_ids_stay_stable_and_new_options_change_them(minilm):
+    # the embedding-cache key of an encoder without speaker markers or LoRA is the one it always had:
+    # MiniLM's, and that of the top-two-layers encoder of the default model before 2026-12-01
     assert minilm.id == "c9f18029a9b8c534"
-    assert TextEncoder.load(default_model_dir() / "encoder", device="cpu").id == "af827cfd5ec9aff9"
+    older = EncoderSpec(context_turns=2, delta_sha256="bc95b8109f56e0fccae2c68c965bc1ce51cbfb096cf73ea72cb97043d8168559")
+    assert TextEncoder(older, minilm.model, minilm.tokenizer).id == "af827cfd5ec9aff9"
+    assert TextEncoder.load(default_model_dir() / "encoder", device="cpu").id == "bb1c1f3980e239e2"
     assert minilm.with_spec(speaker_markers=True).id != minilm.id
+    assert minilm.with_spec(lora_rank=16, lora_layers=6).id != minilm.id
 
 
 def test_packaged_minilm_gives_sentence_embeddings(minilm):
@@ -108,3 +112,29 @@ def test_finetuned_encoder_round_trips_through_its_directory(data_dir, tmp_path)
     delta.write_bytes(delta.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(EncoderError, match="checksum"):
         TextEncoder.load(out)
+
+
+def test_lora_finetuning_stores_small_factors_and_loads_as_a_plain_encoder(data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    train = load_corpus("meld", data_dir, "train")[:6]
+    valid = load_corpus("meld", data_dir, "valid")[:3]
+    out = tmp_path / "enc"
+    cfg = FinetuneConfig(context_turns=1, train_layers=6, lora_rank=4, epochs=1, batch_size=16, lr=5e-3)
+    finetune_text_encoder(train, valid, MELD7, cfg, out, progress=False)
+    delta = load_file(str(out / "finetuned.safetensors"))
+    # factors only, on all six layers' six linear maps: (A, B) x 6 x 6, about 1/10 of one layer's weights
+    assert len(delta) == 72 and all(".lora_A." in k or ".lora_B." in k for k in delta)
+    assert {k.split("encoder.layer.")[1].split(".")[0] for k in delta} == {str(i) for i in range(6)}
+    assert sum(v.numel() for v in delta.values()) < 200_000
+    loaded = TextEncoder.load(out, device="cpu")
+    assert loaded.spec.lora_rank == 4 and loaded.spec.lora_layers == 6
+    assert not any("lora" in k for k in loaded.model.state_dict())  # merged: serving and export see a plain model
+    items = turn_inputs([u.text for u in valid[0].utterances], 1)
+    # the merged weights compute what the base with its factors computes
+    unmerged = TextEncoder.load(MINILM_ID, device="cpu").with_spec(context_turns=1).with_lora(4, 6)
+    unmerged.model.load_state_dict({k: v.float() for k, v in delta.items()}, strict=False)
+    assert np.allclose(loaded.encode(items), unmerged.encode(items), atol=1e-4)
+    base = TextEncoder.load(MINILM_ID, device="cpu").with_spec(context_turns=1)
+    assert not np.allclose(loaded.encode(items), base.encode(items), atol=1e-3)
+    assert loaded.id != base.id
