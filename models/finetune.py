@@ -1,11 +1,10 @@
 """Fine-tuning the text encoder on a corpus's training turns (the feature stage of DAG-ERC).
 
-Only the top `train_layers` transformer layers are trained: on CPU this is three times faster
-than training the whole encoder, and what gets stored (the trained layers) stays small enough to
-ship. With `lora_rank` > 0 those layers stay frozen and low-rank LoRA factors on each of their
-linear maps are trained instead: all six layers can adapt at a fraction of the backward cost, and
-the stored delta is a few MB. The epoch kept is the one with the best weighted F1 on the
-validation split.
+Only the top `train_layers` transformer layers are trained, and only they are stored. With
+`lora_rank` > 0 those layers stay frozen and low-rank LoRA factors on each of their linear maps
+are trained instead: all six layers can adapt while the stored delta stays small enough to ship
+(1.3 MB for rank 16 on all six layers of MiniLM, against 6.9 MB for two layers' weights). The
+epoch kept is the one with the best weighted F1 on the validation split.
 """
 from __future__ import annotations
 
