@@ -19,36 +19,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from merc.models.checkpoint import load_model
-from merc.models.corpora import load_corpus, resolve_data_dir
-from merc.models.embedding_cache import EmbeddingCache
-from merc.models.features import text_features
-from merc.models.text_encoder import TextEncoder, cache_dir
-from merc.models.train import pick_device, predict
+from merc.models.evaluate import predict_split
 
 
-def per_dialogue_predictions(run: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+def per_dialogue(run: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Dialogue ids, and gold labels and predictions of each dialogue's labelled turns."""
-    model = load_model(run)
-    config = json.loads((run / "config.json").read_text())
-    dialogues = load_corpus(config["corpus"], resolve_data_dir(config.get("data_dir")), split)
-    device = pick_device("cpu")
-    encoder = TextEncoder.load(model.encoder_ref, device=device)
-    cache = EmbeddingCache(cache_dir() / "embeddings.sqlite")
-    try:
-        data = text_features(encoder, dialogues, model.label_set, cache)
-    finally:
-        cache.close()
-    gold, pred, _, _ = predict(model.dag.to(device), data, device)
-    bounds = np.cumsum([0] + [int((d.labels >= 0).sum()) for d in data])
-    return ([d.dialogue_id for d in data], [gold[a:b] for a, b in zip(bounds, bounds[1:])],
-            [pred[a:b] for a, b in zip(bounds, bounds[1:])])
+    found = predict_split(run, split, device="cpu", progress=False)
+    pairs = found.per_dialogue()
+    return [d.dialogue_id for d in found.data], [g for g, _ in pairs], [p for _, p in pairs]
 
 
-def group_f1(gold: list[np.ndarray], preds: list[list[np.ndarray]], pick: np.ndarray) -> float:
-    """Mean over a group's runs of the weighted F1 on the dialogues `pick` (with repeats)."""
+def group_f1s(gold: list[np.ndarray], groups: list[list[list[np.ndarray]]], pick: np.ndarray) -> list[float]:
+    """For each group of runs, the mean of its runs' weighted F1 on the dialogues `pick` (with repeats)."""
     y = np.concatenate([gold[i] for i in pick])
-    return float(np.mean([f1_score(y, np.concatenate([p[i] for i in pick]), average="weighted") for p in preds]))
+    return [float(np.mean([f1_score(y, np.concatenate([p[i] for i in pick]), average="weighted") for p in runs]))
+            for runs in groups]
 
 
 def main() -> None:
@@ -63,18 +48,17 @@ def main() -> None:
     out = {"benchmark": "split_bootstrap", "a": [str(r) for r in args.a], "b": [str(r) for r in args.b],
            "samples": args.samples, "splits": {}}
     for split in args.splits:
-        runs_a = [per_dialogue_predictions(r, split) for r in args.a]
-        runs_b = [per_dialogue_predictions(r, split) for r in args.b]
+        runs_a = [per_dialogue(r, split) for r in args.a]
+        runs_b = [per_dialogue(r, split) for r in args.b]
         ids, gold, _ = runs_a[0]
         if any(r[0] != ids for r in runs_a + runs_b):
             raise SystemExit(f"{split}: the runs do not score the same dialogues")
-        preds_a, preds_b = [r[2] for r in runs_a], [r[2] for r in runs_b]
-        everything = np.arange(len(ids))
-        a, b = group_f1(gold, preds_a, everything), group_f1(gold, preds_b, everything)
+        groups = [[r[2] for r in runs_a], [r[2] for r in runs_b]]
+        a, b = group_f1s(gold, groups, np.arange(len(ids)))
         diffs = []
         for _ in range(args.samples):
-            pick = rng.integers(0, len(ids), len(ids))
-            diffs.append(group_f1(gold, preds_b, pick) - group_f1(gold, preds_a, pick))
+            f1_a, f1_b = group_f1s(gold, groups, rng.integers(0, len(ids), len(ids)))
+            diffs.append(f1_b - f1_a)
         diffs = np.array(diffs)
         out["splits"][split] = {
             "dialogues": len(ids), "turns": int(sum(len(g) for g in gold)),

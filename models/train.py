@@ -153,7 +153,8 @@ def run_training(config: TrainConfig, run_dir: Path, progress: bool = True) -> d
     if config.finetune:
         ft = FinetuneConfig(base=config.encoder, context_turns=config.ft_context_turns,
                             speaker_markers=config.ft_speaker_markers,
-                            train_layers=config.ft_train_layers, lora_rank=config.ft_lora_rank, epochs=config.ft_epochs, lr=config.ft_lr,
+                            train_layers=config.ft_train_layers, lora_rank=config.ft_lora_rank,
+                            epochs=config.ft_epochs, lr=config.ft_lr,
                             batch_size=config.ft_batch_size, max_length=config.ft_max_length)
         finetune_text_encoder(train, valid, label_set, ft, run_dir / "encoder", seed=config.seed, progress=progress)
         encoder_ref = "encoder"
