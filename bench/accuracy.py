@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from merc.models.cli import train_main
-from merc.models.evaluate import evaluate_run
+from merc.cli.train import train_main
+from merc.models.train.evaluate import evaluate_run
 
 
 def main() -> None:

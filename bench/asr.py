@@ -13,7 +13,7 @@ JSON object and writes it to bench/results/<date>-asr.json (--out to change):
 
     python bench/asr.py [--threads 1 2] [--model tiny.en] [--out PATH]
 
-The transformers backend reads tiny.en converted into the cache (merc.stream.whisper_convert) on
+The transformers backend reads tiny.en converted into the cache (merc.stream.turns.whisper_convert) on
 first use.
 """
 from __future__ import annotations
@@ -37,8 +37,13 @@ import numpy as np
 import soundfile as sf
 import torch
 import transformers
-from merc.stream.transcribe import FasterWhisperTranscriber, Transcriber, TransformersWhisperTranscriber
 from scipy.signal import resample_poly
+
+from merc.stream.turns.transcribe import (
+    FasterWhisperTranscriber,
+    Transcriber,
+    TransformersWhisperTranscriber,
+)
 
 SENTENCES = (
     "I can't believe you did that to me.",
@@ -151,7 +156,8 @@ def main() -> None:
             accuracy[f"{key} threads={threads}"] = {"wer": wer(texts[key]), "wall_p50_ms": stats["wall_p50_ms"],
                                                     "cpu_p50_ms": stats["cpu_p50_ms"]}
     fw, hf = sorted({key.rsplit(" beam=", 1)[0] for key in texts})  # the two backends' names
-    agreement = {f"beam={beam}": sum(x == y for x, y in zip(texts[f"{fw} beam={beam}"], texts[f"{hf} beam={beam}"]))
+    agreement = {f"beam={beam}": sum(x == y for x, y in zip(texts[f"{fw} beam={beam}"], texts[f"{hf} beam={beam}"],
+                                                            strict=True))
                  for beam in (1, 5)}
 
     result = {
@@ -160,7 +166,7 @@ def main() -> None:
         "sentence_seconds": [round(len(a) / RATE, 2) for a in natural],
         "latency_per_3s_turn": latency, "accuracy_natural_length": accuracy,
         "identical_transcripts": {"backends": [fw, hf], "of": len(SENTENCES), **agreement},
-        "transcripts": {name: dict(zip(SENTENCES, t)) for name, t in texts.items()},
+        "transcripts": {name: dict(zip(SENTENCES, t, strict=True)) for name, t in texts.items()},
         "versions": {"ctranslate2": ctranslate2.__version__, "faster_whisper": faster_whisper.__version__,
                      "torch": torch.__version__, "transformers": transformers.__version__},
         "cpu": cpu_model(), "cpus": os.cpu_count(),

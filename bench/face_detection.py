@@ -25,8 +25,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from merc.models.corpora import resolve_data_dir
-from merc.models.face_features import (
+
+from merc.models.data.corpora import resolve_data_dir
+from merc.models.features.face_features import (
     DEFAULT_MIN_SIDE,
     STILL_MARGIN,
     FaceAnalyzer,

@@ -25,9 +25,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from merc.export.expert_runtime import FaceEmotionExpert
-from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, face_features, face_model_path, prepare
-from merc.models.fer import load_fer_split
+
+from merc.export.serve.expert_runtime import FaceEmotionExpert
+from merc.models.data.fer import load_fer_split
+from merc.models.features.face_features import (
+    STILL_MARGIN,
+    FaceAnalyzer,
+    face_features,
+    face_model_path,
+    prepare,
+)
 from merc.models.paths import cache_dir
 
 
@@ -106,8 +113,8 @@ def main() -> None:
 
     onnx = args.cnn / "face_cnn.onnx"
     if not onnx.exists():
-        from merc.export.expert_export import export_face_cnn
-        from merc.models.face_cnn import load_face_cnn
+        from merc.export.build.expert_export import export_face_cnn
+        from merc.models.experts.face_cnn import load_face_cnn
 
         export_face_cnn(load_face_cnn(args.cnn), onnx)
     expert = FaceEmotionExpert(onnx)
@@ -126,7 +133,8 @@ def main() -> None:
                                "test_detection_rate": float(te_found.mean()),
                                "test_accuracy_all_images": round(blend_acc, 4),
                                "test_accuracy_detected_only": round(blend_acc_detected, 4)},
-        "cnn": {"model": str(args.cnn), "test_accuracy_original_images": round(float((cnn_pred == test.labels).mean()), 4),
+        "cnn": {"model": str(args.cnn),
+                "test_accuracy_original_images": round(float((cnn_pred == test.labels).mean()), 4),
                 "test_accuracy_on_detected_originals": round(float((cnn_pred[te_found] == labels_detected).mean()), 4),
                 "test_accuracy_on_live_crops": round(float((crop_pred == labels_detected).mean()), 4),
                 "ms_per_10_crops_onnx_1_thread": round(cnn_ms, 2)},

@@ -15,7 +15,7 @@ import collections
 import json
 from pathlib import Path
 
-from merc.models.corpora import resolve_data_dir
+from merc.models.data.corpora import resolve_data_dir
 
 
 def main() -> None:

@@ -31,8 +31,13 @@ import numpy as np
 
 
 def synthesise(count: int, out: Path, data_dir: str | None, seed: int) -> list[Path]:
-    from merc.models.corpora import load_corpus, resolve_data_dir
-    from merc.stream.synth import Espeak, SynthConfig, generate_recordings, select_dialogues
+    from merc.models.data.corpora import load_corpus, resolve_data_dir
+    from merc.stream.recordings.synth import (
+        Espeak,
+        SynthConfig,
+        generate_recordings,
+        select_dialogues,
+    )
 
     dialogues = load_corpus("meld", resolve_data_dir(data_dir), "test")
     chosen = select_dialogues([d for d in dialogues if len(d.utterances) >= 4], count=count)
@@ -57,7 +62,7 @@ class Receiver:
             while not self._stop.is_set():
                 try:
                     message = await asyncio.wait_for(ws.recv(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 now = time.time()
                 event = json.loads(message)
@@ -91,25 +96,27 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
 
+    from merc.cli.common import open_session
     from merc.models.paths import default_model_dir
-    from merc.stream.events import EventBus
-    from merc.stream.recording import open_recording, read_gold
-    from merc.stream.replay import replay_recording
-    from merc.stream.scoring import score_replay
-    from merc.stream.server import EventServer
-    from merc.stream.session import build_processor, hello_body
-    from merc.stream.cli_common import load_tracker
+    from merc.stream.recordings.recording import open_recording, read_gold
+    from merc.stream.recordings.replay import replay_recording
+    from merc.stream.recordings.scoring import score_replay
+    from merc.stream.session.build import hello_body
+    from merc.stream.session.options import AsrOptions, SessionOptions, SpeakerOptions, TrackerOptions
+    from merc.stream.wire.events import EventBus
+    from merc.stream.wire.server import EventServer
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.recordings:
             dirs = sorted(p.parent for p in args.recordings.glob("*/manifest.json"))
         else:
             dirs = synthesise(args.count, Path(tmp), args.data_dir, args.seed)
-        options = argparse.Namespace(model=None, bundle=None, precision="fp32", threads=None, device="cpu",
-                                     asr=args.asr, asr_model=args.asr_model, asr_device="cpu", speakers=None,
-                                     asr_window=args.asr_window)
-        tracker = load_tracker(options)
-        processor = build_processor(options, tracker)
+        options = SessionOptions(tracker=TrackerOptions(device="cpu"),
+                                 asr=AsrOptions(backend=args.asr, model=args.asr_model, device="cpu",
+                                                window=args.asr_window),
+                                 speakers=SpeakerOptions(device="cpu"))
+        processor = open_session(options, EventBus("bench")).processor
+        tracker = processor.tracker
         per_turn, scores, realtime = [], [], []
         for directory in dirs:
             recording = open_recording(directory)
@@ -124,7 +131,7 @@ def main() -> int:
             server.stop()
             realtime.append(result.speed)
             events = bus.events()
-            for seq, (arrived, event) in receiver.arrivals.items():
+            for arrived, event in receiver.arrivals.values():
                 t = event["timings_ms"]
                 e2e = 1000 * (arrived - event["speech_end"])
                 per_turn.append({"e2e_ms": e2e, "after_silence_ms": e2e - t["segmentation"], **t,

@@ -1,6 +1,6 @@
 """A benchmark set of synthetic recordings: the same corpus dialogues, clean and at several noise levels.
 
-Writes OUT/<condition>/<dialogue id>/ (the recording format of `merc.stream.synth`) for each
+Writes OUT/<condition>/<dialogue id>/ (the recording format of `merc.stream.recordings.synth`) for each
 condition ("clean", "snr20", "snr10", ...) and prints one JSON summary: dialogues, turns, hours of
 audio and overlaps per condition. The same seed gives the same voices and timings in every
 condition, so conditions differ only in the noise.
@@ -14,9 +14,16 @@ import json
 import sys
 from pathlib import Path
 
-from merc.models.corpora import SPLITS, load_corpus, resolve_data_dir
-from merc.stream.synth import Espeak, Recording, SynthConfig, generate_recordings, select_dialogues
 from tqdm import tqdm
+
+from merc.models.data.corpora import SPLITS, load_corpus, resolve_data_dir
+from merc.stream.recordings.synth import (
+    Espeak,
+    Recording,
+    SynthConfig,
+    generate_recordings,
+    select_dialogues,
+)
 
 
 def main() -> None:

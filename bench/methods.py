@@ -5,7 +5,7 @@ Tasks:
 
 * ``iemocap`` and ``meld``: text only, test split, from the fine-tuned text encoders
   (``--iemocap-encoder``, ``--meld-encoder``; embeddings come from the shared embedding cache);
-* ``paired``: the synthetic IEMOCAP paired set (`merc.models.paired`: EmoDB audio and FER-2013 face
+* ``paired``: the synthetic IEMOCAP paired set (`merc.models.features.paired`: EmoDB audio and FER-2013 face
   evidence from the experts, speakers and images disjoint between train and test, evidence drawn
   anew every epoch, modality dropout 0.5 for audio and face in training), scored on its test split
   under shared missing rates 0.0 .. 0.7 (audio and face dropped per turn, text kept) and BALM's
@@ -117,13 +117,13 @@ def _degrades_less(summary: dict, row: str, base: str = "MultiDAG") -> tuple[flo
     return round(drop(base) - drop(row), 2), spread
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def task_data(task: str, encoders: tuple[tuple[str, str], ...], data_dir: str | None):
     """(label set, {split: dialogue features}, test pools or None) for a task, loaded once per process."""
-    from merc.models.corpora import corpus_label_set, load_corpus, resolve_data_dir
-    from merc.models.embedding_cache import EmbeddingCache
-    from merc.models.features import text_features
-    from merc.models.text_encoder import TextEncoder, cache_dir
+    from merc.models.data.corpora import corpus_label_set, load_corpus, resolve_data_dir
+    from merc.models.features.dialogue import text_features
+    from merc.models.features.embedding_cache import EmbeddingCache
+    from merc.models.features.text_encoder import TextEncoder, cache_dir
 
     corpus = "iemocap" if task == "paired" else task
     label_set = corpus_label_set(corpus)
@@ -137,7 +137,7 @@ def task_data(task: str, encoders: tuple[tuple[str, str], ...], data_dir: str | 
         cache.close()
     pools = None
     if task == "paired":
-        from merc.models.evidence import audio_pools, face_pools
+        from merc.export.build.evidence import audio_pools, face_pools
         from merc.models.paths import default_experts_dir
 
         pools = {"audio": audio_pools(data_dir, "whisper_unpadded", cache_dir() / "emodb"),
@@ -169,11 +169,16 @@ def run_one(job: dict) -> dict:
     """Train one (task, row, seed, variant) and score it; runs in a worker process."""
     import torch
 
-    from merc.models.methods import MethodConfig, build_method, build_plugin, count_parameters
+    from merc.models.features.paired import apply_missing, only, pair
+    from merc.models.methods import (
+        MethodConfig,
+        build_method,
+        build_plugin,
+        count_parameters,
+    )
     from merc.models.methods.trainer import FitConfig, predict_method, train_method
-    from merc.models.paired import apply_missing, only, pair
-    from merc.models.paired_train import mappings_for
-    from merc.models.reports import scores
+    from merc.models.train.paired_train import mappings_for
+    from merc.models.train.reports import scores
 
     torch.set_num_threads(1)
     task, row, seed = job["task"], job["row"], job["seed"]
@@ -280,7 +285,8 @@ def markdown(summary: dict, claims: list[dict], tasks: list[str]) -> str:
             cols.append((task, "test"))
     head += [f"{t} {c}".replace(" test", "") for t, c in cols]
     causal_tasks = [t for t in tasks if t != "paired" and any(f"{t}:causal" in v for v in summary.values())]
-    head += [f"causal variant ({', '.join(causal_tasks) or '-'})", "params", "s / epoch", "ms / dialogue", "paper's claim shown?"]
+    head += [f"causal variant ({', '.join(causal_tasks) or '-'})", "params", "s / epoch", "ms / dialogue",
+             "paper's claim shown?"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     claim_of = {c["row"]: c for c in claims}
     for row in ROWS:
@@ -319,8 +325,10 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iemocap-encoder", required=True, help="fine-tuned IEMOCAP text encoder (a run's encoder/)")
-    parser.add_argument("--meld-encoder", default=None, help="fine-tuned MELD text encoder (default: the bundled model's)")
-    parser.add_argument("--tasks", nargs="+", default=["iemocap", "meld", "paired"], choices=["iemocap", "meld", "paired"])
+    parser.add_argument("--meld-encoder", default=None,
+                        help="fine-tuned MELD text encoder (default: the bundled model's)")
+    parser.add_argument("--tasks", nargs="+", default=["iemocap", "meld", "paired"],
+                        choices=["iemocap", "meld", "paired"])
     parser.add_argument("--methods", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)
@@ -334,7 +342,8 @@ def main() -> None:
                              "where the live gap is measured; each task adds a run per non-causal method and seed)")
     parser.add_argument("--reuse", type=Path, nargs="+", default=[],
                         help="earlier .runs.jsonl / .json outputs: matching runs are taken from them, not trained")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (1 thread each)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="worker processes (1 thread each)")
     parser.add_argument("--data", help="data folder (default $MERC_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=Path(f"bench/results/{dt.date.today()}-methods"))
     args = parser.parse_args()

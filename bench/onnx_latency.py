@@ -21,6 +21,7 @@ take turns.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -29,15 +30,16 @@ import time
 from pathlib import Path
 
 import torch
-from merc.export.bundle import read_manifest
-from merc.export.onnx_export import ensure_bundle
-from merc.export.runtime import DAGStepSession, TextEncoderSession
-from merc.models.checkpoint import load_model
-from merc.models.corpora import load_corpus, load_dialogues_jsonl, resolve_data_dir
-from merc.models.text_encoder import TextEncoder
-from merc.models.turns import turn_inputs
-from merc.stream.track_cli import example_dialogue
-from merc.stream.tracker import default_model_dir
+
+from merc.export.build.onnx_export import ensure_bundle
+from merc.export.serve.bundle import read_manifest
+from merc.export.serve.runtime import DAGStepSession, TextEncoderSession
+from merc.models.dag.checkpoint import load_model
+from merc.models.dag.tracker import default_model_dir
+from merc.models.data.corpora import load_corpus, load_dialogues_jsonl, resolve_data_dir
+from merc.models.data.examples import example_dialogue
+from merc.models.data.turns import turn_inputs
+from merc.models.features.text_encoder import TextEncoder
 
 
 def _stats(wall: list[float], cpu: list[float] | None = None) -> dict:
@@ -87,19 +89,22 @@ def bench_graph(model, manifest, positions: list[int], repeats: int, full_repeat
                 done += 1
             window = (session.window_speakers.copy(), session.window_states.copy(), session.window_count.copy())
             # The turn after `position`, from the same state each time; each engine timed in its own
-            # loop so that one's idle threads do not compete with the other.
+            # loop so that one's idle threads do not compete with the other. (_timed calls each
+            # lambda at once; the defaults only bind this iteration's state and window explicitly.)
             turns = range(position, position + repeats)
-            torch_step = _timed(lambda r=r: dag.step(state, {"text": text[r]}, mask, speakers[r]) for r in turns)
-            onnx_step = _timed(lambda r=r: ort_step(r, window) for r in turns)
+            torch_step = _timed(lambda r=r, state=state: dag.step(state, {"text": text[r]}, mask, speakers[r])
+                                for r in turns)
+            onnx_step = _timed(lambda r=r, window=window: ort_step(r, window) for r in turns)
             session.window_speakers, session.window_states, session.window_count = window
             batch = {"text": text[: position + 1].unsqueeze(0)}
             batch_mask = mask.expand(1, position + 1, 3)
             batch_speakers = torch.tensor([speakers[: position + 1]])
-            full = _timed(lambda: dag(batch, batch_mask, batch_speakers) for _ in range(full_repeats))
+            full = _timed(functools.partial(dag, batch, batch_mask, batch_speakers) for _ in range(full_repeats))
             entry = {"position": position, "torch_full_recompute": _stats(*full), "torch_step": _stats(*torch_step),
                      "ort_step": _stats(*onnx_step)}
-            entry["ort_speedup_vs_full"] = round(entry["torch_full_recompute"]["p50_ms"] / entry["ort_step"]["p50_ms"], 1)
-            entry["ort_speedup_vs_torch_step"] = round(entry["torch_step"]["p50_ms"] / entry["ort_step"]["p50_ms"], 2)
+            ort_p50 = entry["ort_step"]["p50_ms"]
+            entry["ort_speedup_vs_full"] = round(entry["torch_full_recompute"]["p50_ms"] / ort_p50, 1)
+            entry["ort_speedup_vs_torch_step"] = round(entry["torch_step"]["p50_ms"] / ort_p50, 2)
             results.append(entry)
     return results
 
@@ -111,7 +116,8 @@ def _turns(encoder: TextEncoder, data_dir: str | None, n: int) -> tuple[list[tup
     except (OSError, ValueError):
         dialogues = load_dialogues_jsonl(example_dialogue(), None)
         source = "example dialogue"
-    items = [item for d in dialogues for item in turn_inputs([u.text for u in d.utterances], encoder.spec.context_turns)]
+    items = [item for d in dialogues
+             for item in turn_inputs([u.text for u in d.utterances], encoder.spec.context_turns)]
     items = [item for item in items if item[0].strip()]
     return (items * (1 + n // max(len(items), 1)))[:n], source
 
@@ -135,7 +141,8 @@ def bench_encoder(model, manifest, data_dir: str | None, batches: list[int], rep
             entry = {}
             for name, run in runners.items():
                 run(batches_[0])  # warm-up
-                wall, cpu = _timed(lambda b=b: run(b) for b in batches_)  # tokenisation included, as in tracking
+                # tokenisation included, as in tracking
+                wall, cpu = _timed(lambda b=b, run=run: run(b) for b in batches_)
                 entry[name] = _stats([w / size for w in wall], [c / size for c in cpu])
             results[f"batch_{size}_per_turn"] = entry
     return results
@@ -145,7 +152,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model directory (default: the bundled default model)")
     parser.add_argument("--bundle", default=None, help="its bundle (default: exported into the cache on first use)")
-    parser.add_argument("--data-dir", default=None, help="corpus location for real encoder turns (default: ../shared/data)")
+    parser.add_argument("--data-dir", default=None,
+                        help="corpus location for real encoder turns (default: ../shared/data)")
     parser.add_argument("--positions", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--repeats", type=int, default=100, help="timed steps per position")
     parser.add_argument("--full-repeats", type=int, default=3, help="timed full recomputes per position")

@@ -2,7 +2,7 @@
 
 For each seed: the text-only run (`--text-runs`/seedN, trained by bench/accuracy.py with the
 IEMOCAP config) supplies the encoder and the text-only baseline; a multimodal DAG is trained on
-the paired set over the same corpus (merc.models.paired: EmoDB audio and FER-2013 face evidence
+the paired set over the same corpus (merc.models.features.paired: EmoDB audio and FER-2013 face evidence
 from the experts, speakers/images disjoint between train and test, modality dropout 0.5). Both
 are scored on the paired test split (IEMOCAP session 5) under:
 
@@ -29,9 +29,9 @@ import statistics
 import time
 from pathlib import Path
 
-from merc.models.evidence import audio_pools, face_pools
-from merc.models.paired_train import corpus_text, score_paired, train_paired
+from merc.export.build.evidence import audio_pools, face_pools
 from merc.models.paths import cache_dir, default_experts_dir
+from merc.models.train.paired_train import corpus_text, score_paired, train_paired
 
 SHARED = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 IMBALANCED = {
@@ -77,8 +77,9 @@ def main() -> None:
         run = args.runs / f"seed{seed}"
         trained = train_paired(text_run, pools, run, seed=seed, drop=args.drop, epochs=args.epochs, progress=False,
                                text=text)
-        row = {"seed": seed, "text_run": str(text_run), "run": str(run), "train_seconds": round(time.time() - started, 1),
-               "valid_weighted_f1": trained["valid_weighted_f1"], "conditions": {}}
+        row = {"seed": seed, "text_run": str(text_run), "run": str(run),
+               "train_seconds": round(time.time() - started, 1), "valid_weighted_f1": trained["valid_weighted_f1"],
+               "conditions": {}}
         for name, rates in conditions.items():
             multi = score_paired(run, text["test"], test_pools, rates, seed)
             # Text runs' model.json may list all three inputs the graph accepts; it learned text only.
@@ -89,12 +90,15 @@ def main() -> None:
             logging.info("seed %d %s: multimodal %.4f, text-only %.4f", seed, name, multi["weighted_f1"],
                          text_only["weighted_f1"])
         per_seed.append(row)
+
+    def sd(v: list[float]) -> float:
+        return round(statistics.stdev(v), 2) if len(v) > 1 else 0.0
+
     summary = {}
     for name in conditions:
         multi = [100 * r["conditions"][name]["multimodal_wf1"] for r in per_seed]
         text = [100 * r["conditions"][name]["text_only_wf1"] for r in per_seed]
-        diff = [m - t for m, t in zip(multi, text)]
-        sd = (lambda v: round(statistics.stdev(v), 2) if len(v) > 1 else 0.0)
+        diff = [m - t for m, t in zip(multi, text, strict=True)]
         summary[name] = {"rates": conditions[name], "multimodal": round(statistics.mean(multi), 2),
                          "multimodal_std": sd(multi), "text_only": round(statistics.mean(text), 2),
                          "text_only_std": sd(text), "difference": round(statistics.mean(diff), 2)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from merc.models.evaluate import predict_split
+from merc.models.train.evaluate import predict_split
 
 
 def per_dialogue(run: Path, split: str) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:

@@ -14,8 +14,9 @@ import statistics
 import time
 
 import torch
-from merc.models.checkpoint import load_model
-from merc.stream.tracker import default_model_dir
+
+from merc.models.dag.checkpoint import load_model
+from merc.models.dag.tracker import default_model_dir
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from speech import say  # noqa: E402  (the tests' espeak-ng helper)
 
-from merc.stream.scoring import normalise_text  # noqa: E402
-from merc.stream.speakers import SpeakerEmbedder  # noqa: E402
-from merc.stream.synth import FEMALE_VOICES, MALE_VOICES  # noqa: E402
-from merc.stream.transcribe import FasterWhisperTranscriber  # noqa: E402
+from merc.stream.recordings.scoring import normalise_text  # noqa: E402
+from merc.stream.recordings.synth import FEMALE_VOICES, MALE_VOICES  # noqa: E402
+from merc.stream.turns.speakers import SpeakerEmbedder  # noqa: E402
+from merc.stream.turns.transcribe import FasterWhisperTranscriber  # noqa: E402
 
 # The voices merc-synth used first (accent variants at 160-180 wpm), for comparison.
 EARLIER = ["en-029+Marco:60:165", "en-029+david:45:175", "en-gb-scotland+f1:45:170", "en-us-nyc+belinda:70:170",
@@ -41,7 +41,8 @@ def main() -> int:
     args = parser.parse_args()
     voices = args.voices or [f"{v.name}:{v.pitch}:{v.speed}" for v in MALE_VOICES + FEMALE_VOICES] + EARLIER
     texts = []
-    for path in (ROOT / "stream/examples/example_dialogue.jsonl", ROOT / "tests/fixtures/recordings/dialogues.jsonl"):
+    for path in (ROOT / "models/data/examples/example_dialogue.jsonl",
+                 ROOT / "tests/fixtures/recordings/dialogues.jsonl"):
         texts += [u["text"] for line in path.read_text().splitlines() for u in json.loads(line)["utterances"]]
     texts = texts[:args.sentences]
     asr = FasterWhisperTranscriber.load("tiny.en", device="cpu")

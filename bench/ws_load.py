@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from merc.stream.events import EventBus
-from merc.stream.server import EventServer
+from merc.stream.wire.events import EventBus
+from merc.stream.wire.server import EventServer
 
 HELLO = {"labels": ["neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust"],
          "model": {"label_set": "bench"}, "modalities": ["text", "audio"]}

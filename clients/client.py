@@ -15,21 +15,42 @@ import asyncio
 import json
 import logging
 import sys
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from merc.stream.events import PROTOCOL_VERSION
+from merc.models.errors import MercError
+from merc.stream.wire.messages import PROTOCOL_VERSION, major_version
+
+__all__ = ["PROTOCOL_VERSION", "ProtocolMismatch", "check_version", "follow"]
 
 log = logging.getLogger(__name__)
 
 
-class ProtocolMismatch(RuntimeError):
+class ProtocolMismatch(MercError, RuntimeError):
     """The server speaks a protocol version this client does not know."""
 
+    code = "protocol_mismatch"
+    hint = "update merc-live or this client so both speak the same major version"
 
-async def follow(url: str, since: int = 0, reconnect: bool = True, max_backoff: float = 5.0) -> AsyncIterator[dict]:
+
+def check_version(url: str, hello: dict[str, Any]) -> int:
+    """The protocol version the server announced in its `hello` (its first event); ProtocolMismatch
+    when its major version is not the one this client speaks (PROTOCOL_VERSION)."""
+    if hello.get("type") != "hello":
+        raise ProtocolMismatch(f"{url}: the server's first event is {str(hello.get('type'))[:40]!r}, not a hello")
+    version = hello.get("v")
+    if major_version(version) != PROTOCOL_VERSION:
+        raise ProtocolMismatch(f"{url}: server speaks protocol v{str(version)[:20]}, this client v{PROTOCOL_VERSION}")
+    return PROTOCOL_VERSION
+
+
+async def follow(url: str, since: int = 0, reconnect: bool = True,
+                 max_backoff: float = 5.0) -> AsyncIterator[dict[str, Any]]:
     """Yield every event from `url` in order, without duplicates, reconnecting when `reconnect`.
 
-    The server's `hello` is yielded on each (re)connection; events already seen are skipped.
+    The server's `hello` is yielded on each (re)connection; events already seen are skipped. The
+    hello says which protocol the server speaks: a major version other than this client's raises
+    ProtocolMismatch (so do later events of another version, which a server should never send).
     Ends when the server closes normally and `reconnect` is False.
     """
     from websockets.asyncio.client import connect
@@ -44,11 +65,14 @@ async def follow(url: str, since: int = 0, reconnect: bool = True, max_backoff: 
             async with connect(_with_since(url, last)) as websocket:
                 await websocket.send(json.dumps({"type": "hello", "since": last}))
                 backoff = 0.2
+                version: int | None = None
                 async for message in websocket:
-                    event = json.loads(message)
-                    if event.get("v") != PROTOCOL_VERSION:
-                        raise ProtocolMismatch(f"{url}: server speaks protocol v{event.get('v')}, this client "
-                                               f"v{PROTOCOL_VERSION}")
+                    event: dict[str, Any] = json.loads(message)
+                    if version is None:
+                        version = check_version(url, event)
+                    elif major_version(event.get("v")) != version:
+                        raise ProtocolMismatch(f"{url}: an event of protocol v{str(event.get('v'))[:20]} after a "
+                                               f"v{version} hello")
                     if event.get("direct"):  # hello, pong, an error about our message: not in the sequence
                         yield event
                         continue

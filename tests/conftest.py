@@ -32,15 +32,21 @@ def tiny_face_cnn(data_dir, tmp_path_factory) -> Path:
     `merc-experts face` saves it: enough to exercise export, pairing and serving, not accuracy."""
     import numpy as np
     import torch
-    from merc.models.face_cnn import FaceCNNConfig, save_face_cnn, train_face_cnn
-    from merc.models.fer import load_fer_split, validation_split
+
+    from merc.models.data.fer import load_fer_split, validation_split
+    from merc.models.experts.face_cnn import (
+        FaceCNNConfig,
+        save_face_cnn,
+        train_face_cnn,
+    )
 
     out = tmp_path_factory.mktemp("face-cnn")
     train, valid = validation_split(load_fer_split("train", data_dir, out / "cache"), 0.1, 0)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, _ = train_face_cnn(FaceCNNConfig(epochs=1, widths=(8, 16, 32, 64)), train.subset(np.arange(0, len(train), 20)),
+        model, _ = train_face_cnn(FaceCNNConfig(epochs=1, widths=(8, 16, 32, 64)),
+                                  train.subset(np.arange(0, len(train), 20)),
                                   valid.subset(np.arange(0, len(valid), 20)), progress=False)
     finally:
         torch.set_num_threads(previous)
@@ -52,7 +58,8 @@ def write_face_video(data_dir: Path, path: Path, seconds: float) -> Path:
     """A 10-fps camera stand-in: ten FER-2013 happy test faces (prepared as stills), one a second,
     looped for `seconds`; skips the test when the images are not there."""
     import cv2
-    from merc.models.face_features import STILL_MARGIN, prepare
+
+    from merc.models.features.face_features import STILL_MARGIN, prepare
 
     files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:10]
     if len(files) < 10:

@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from merc.models.audio_features import (
+from scipy.signal import resample_poly
+
+from merc.models.features.audio_features import (
     ACOUSTIC_DIM,
     WHISPER_FRAME_SAMPLES,
     AcousticFeaturizer,
     packaged_whisper_model,
     pool_encoder_states,
 )
-from scipy.signal import resample_poly
 
 
 @pytest.fixture(scope="module")

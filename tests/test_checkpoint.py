@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from merc.models.checkpoint import ModelError, load_model, save_model
-from merc.models.dag import DAGConfig, MultiDAG
-from merc.models.labels import MELD7
-from merc.models.package_default import package
+
+from merc.models.dag.checkpoint import ModelError, load_model, save_model
+from merc.models.dag.graph import DAGConfig, MultiDAG
+from merc.models.data.labels import MELD7
+from merc.models.train.package_default import package
 
 
 def _model() -> MultiDAG:

@@ -3,7 +3,9 @@ import argparse
 from pathlib import Path
 
 import pytest
-from merc.models.config import TrainConfig, add_config_arguments, load_config
+
+from merc.cli.train import add_config_arguments
+from merc.models.train.config import TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
 

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from merc.models.corpora import (
+
+from merc.models.data.corpora import (
     CORPORA,
     SPLITS,
     CorpusError,
@@ -21,7 +22,7 @@ from merc.models.corpora import (
     load_meld,
     resolve_data_dir,
 )
-from merc.models.labels import IEMOCAP6, MELD7
+from merc.models.data.labels import IEMOCAP6, MELD7
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "iemocap_release"
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
@@ -120,7 +121,7 @@ def test_iemocap_jsonl_real_order(data_dir: Path) -> None:
 
 
 def test_release_fixture_splits(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="merc.models.corpora"):
+    with caplog.at_level(logging.INFO, logger="merc.models.data.corpora"):
         valid = load_iemocap_release(RELEASE, "valid")
     assert "excluded 1 utterances" in caplog.text
     assert [d.id for d in valid] == ["Ses01F_impro01"]  # sorted index 0 of sessions 1-4
@@ -175,7 +176,8 @@ def test_release_missing_label(tmp_path: Path) -> None:
     root = copy_release(tmp_path)
     tpath = root / "Session5" / "dialog" / "transcriptions" / "Ses05F_impro01.txt"
     tpath.write_text(tpath.read_text() + "Ses05F_impro01_F002 [009.0000-010.0000]: One more thing.\n")
-    with pytest.raises(CorpusError, match=r"transcriptions/Ses05F_impro01\.txt:5: utterance Ses05F_impro01_F002 has no label"):
+    with pytest.raises(CorpusError,
+                       match=r"transcriptions/Ses05F_impro01\.txt:5: utterance Ses05F_impro01_F002 has no label"):
         load_iemocap_release(root, "test")
 
 
@@ -203,7 +205,8 @@ def test_release_malformed_lines(tmp_path: Path) -> None:
 def test_release_empty_dialogue_after_exclusion(tmp_path: Path) -> None:
     root = copy_release(tmp_path)
     epath = root / "Session5" / "dialog" / "EmoEvaluation" / "Ses05F_impro01.txt"
-    epath.write_text(epath.read_text().replace("\tneu\t", "\txxx\t").replace("\tsad\t", "\txxx\t").replace("\tfru\t", "\txxx\t"))
+    epath.write_text(epath.read_text().replace("\tneu\t", "\txxx\t").replace("\tsad\t", "\txxx\t")
+                     .replace("\tfru\t", "\txxx\t"))
     with pytest.raises(CorpusError, match=r"Ses05F_impro01\.txt: dialogue Ses05F_impro01 is empty"):
         load_iemocap_release(root, "test")
 
@@ -261,7 +264,8 @@ def test_meld_unknown_label(tmp_path: Path) -> None:
 
 def test_meld_bad_encoding(tmp_path: Path) -> None:
     path = write_meld(tmp_path, [meld_row(1, "Hi.", "A", "neutral", 0, 0)])
-    path.write_bytes(path.read_bytes() + b'2,"I don\x92t know.",B,neutral,neutral,0,1,1,1,"00:00:03,000","00:00:04,000"\n')
+    path.write_bytes(path.read_bytes()
+                     + b'2,"I don\x92t know.",B,neutral,neutral,0,1,1,1,"00:00:03,000","00:00:04,000"\n')
     with pytest.raises(CorpusError, match=r"train_sent_emo\.csv:3: invalid UTF-8"):
         load_meld(tmp_path, "train")
 

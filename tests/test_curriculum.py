@@ -1,5 +1,10 @@
 """MultiDAG+CL's difficulty measure and baby-step scheduler."""
-from merc.models.curriculum import buckets, difficulty, emotion_shifts, pool_for_epoch
+from merc.models.train.curriculum import (
+    buckets,
+    difficulty,
+    emotion_shifts,
+    pool_for_epoch,
+)
 
 
 def test_emotion_shift_counts_changes_between_a_speakers_consecutive_turns():

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import torch
-from merc.models.dag import (
+
+from merc.models.dag.graph import (
     MODALITIES,
     UNKNOWN_SPEAKER,
     DAGConfig,

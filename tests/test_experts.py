@@ -8,17 +8,33 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from merc.export.expert_export import export_audio_expert, export_face_cnn
-from merc.export.expert_runtime import AudioEmotionExpert, ExpertError, FaceEmotionExpert
-from merc.models.audio_expert import AudioExpert, clip_features, loso_evaluate
-from merc.models.audio_features import AcousticFeaturizer
-from merc.models.emodb import EmoDBError, load_emodb, read_clip
-from merc.models.experts_cli import main as experts_main
-from merc.models.face_cnn import FaceCNN, FaceCNNConfig, load_face_cnn, predict_proba, train_face_cnn
-from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, face_crop, prepare
-from merc.models.fer import FER_LABELS, FERError, load_fer_split, validation_split
-from merc.models.label_map import MAPS, label_mapping
-from merc.models.labels import EMODB4, FER7, IEMOCAP6, MELD7
+
+from merc.cli.experts import main as experts_main
+from merc.export.build.expert_export import export_audio_expert, export_face_cnn
+from merc.export.serve.expert_runtime import (
+    AudioEmotionExpert,
+    ExpertError,
+    FaceEmotionExpert,
+)
+from merc.models.data.emodb import EmoDBError, load_emodb, read_clip
+from merc.models.data.fer import FER_LABELS, FERError, load_fer_split, validation_split
+from merc.models.data.label_map import MAPS, label_mapping
+from merc.models.data.labels import EMODB4, FER7, IEMOCAP6, MELD7
+from merc.models.experts.audio_expert import AudioExpert, clip_features, loso_evaluate
+from merc.models.experts.face_cnn import (
+    FaceCNN,
+    FaceCNNConfig,
+    load_face_cnn,
+    predict_proba,
+    train_face_cnn,
+)
+from merc.models.features.audio_features import AcousticFeaturizer
+from merc.models.features.face_features import (
+    STILL_MARGIN,
+    FaceAnalyzer,
+    face_crop,
+    prepare,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +82,7 @@ def test_audio_expert_onnx_matches_numpy_and_runs_on_a_real_clip(emodb, tmp_path
     clips, x = emodb
     y = np.array([c.label for c in clips])
     speakers = np.array([c.speaker for c in clips])
-    from merc.models.audio_expert import fit_audio_expert
+    from merc.models.experts.audio_expert import fit_audio_expert
 
     expert = fit_audio_expert(x, y, speakers, "whisper_unpadded", c_grid=(0.1,))
     expert.save(tmp_path)
@@ -168,8 +184,9 @@ def test_label_maps_cover_every_iemocap_label_and_are_documented():
         mapping = label_mapping(expert, IEMOCAP6)
         assert sorted(mapping) == list(range(len(IEMOCAP6)))
     assert set(label_mapping(FER7, MELD7)) == set(range(7))
-    assert {MELD7.labels[k] for k in set(range(7)) - set(label_mapping(EMODB4, MELD7))} == {"surprise", "disgust", "fear"}
-    for (expert, conv), names in MAPS.items():
+    unmapped = {MELD7.labels[k] for k in set(range(7)) - set(label_mapping(EMODB4, MELD7))}
+    assert unmapped == {"surprise", "disgust", "fear"}
+    for (expert, _conv), names in MAPS.items():
         assert all(n in (EMODB4 if expert == "emodb-4" else FER7).labels for n in names.values())
     with pytest.raises(KeyError, match="no mapping"):
         label_mapping(MELD7, IEMOCAP6)

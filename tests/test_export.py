@@ -13,7 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from merc.export.bundle import (
+
+from merc.cli.export import main as export_main
+from merc.cli.train import train_main
+from merc.export.build.dag_step import DAGStep
+from merc.export.build.onnx_export import ExportError, ensure_bundle, export_bundle
+from merc.export.serve.bundle import (
     DAG_FILE,
     ENCODER_FILES,
     MANIFEST_FILE,
@@ -22,17 +27,13 @@ from merc.export.bundle import (
     model_key,
     sha256_file,
 )
-from merc.export.cli import main as export_main
-from merc.export.dag_step import DAGStep
-from merc.export.onnx_export import ExportError, ensure_bundle, export_bundle
-from merc.export.runtime import BundleTracker
-from merc.models.checkpoint import load_model
-from merc.models.cli import train_main
-from merc.models.corpora import load_corpus
-from merc.models.dag import MODALITIES, UNKNOWN_SPEAKER, predecessors
-from merc.models.text_encoder import TextEncoder
-from merc.stream.track_cli import example_dialogue
-from merc.stream.tracker import DialogueTracker
+from merc.export.serve.runtime import BundleTracker
+from merc.models.dag.checkpoint import load_model
+from merc.models.dag.graph import MODALITIES, UNKNOWN_SPEAKER, predecessors
+from merc.models.dag.tracker import DialogueTracker
+from merc.models.data.corpora import load_corpus
+from merc.models.data.examples import example_dialogue
+from merc.models.features.text_encoder import TextEncoder
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_onnx_step_matches_step_with_unknown_speakers_and_every_modality(bundle,
     state = dag.initial_state()
     worst = 0.0
     with torch.inference_mode():
-        for turn in range(30):
+        for _turn in range(30):
             mask = [rng.random() < 0.6 for _ in MODALITIES]
             features = {m: torch.randn(dag.config.dims[m], generator=g) for m, on in zip(MODALITIES, mask) if on}
             speaker = rng.choice([0, 1, 2, UNKNOWN_SPEAKER])
@@ -122,7 +123,7 @@ def test_onnx_step_matches_step_with_unknown_speakers_and_every_modality(bundle,
 
 def test_predecessor_mask_is_the_walk_back():
     """DAGStep's tensor form of the walk-back equals `predecessors()` for every kept count and omega."""
-    from merc.models.dag import DAGConfig, MultiDAG
+    from merc.models.dag.graph import DAGConfig, MultiDAG
 
     rng = random.Random(0)
     for omega in (1, 2, 3):
@@ -141,12 +142,13 @@ def test_predecessor_mask_is_the_walk_back():
 
 SERVE = """
 import json, sys
-from merc.export.runtime import BundleTracker
+from merc.export.serve.runtime import BundleTracker
 tracker = BundleTracker.load(sys.argv[1], device="cpu", threads=1)
 turns = json.loads(sys.argv[2])
 out = [tracker.track(s, t).probs for s, t in turns]
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")
-               or (m.startswith("merc.models") and m not in ("merc.models", "merc.models.paths", "merc.models.turns")))
+               or (m.startswith("merc.models") and m not in ("merc.models", "merc.models.paths", "merc.models.errors",
+                                                             "merc.models.data", "merc.models.data.turns")))
 print(json.dumps({"probs": out, "heavy": heavy, "labels": list(tracker.labels)}))
 """
 
@@ -281,10 +283,10 @@ def test_cli_help_and_errors(tmp_path, capsys):
 def test_export_leaves_the_model_in_eval_mode(tmp_path):
     """torch.onnx.export restores the wrapper's mode on every submodule; a model with dropout must
     come back in eval mode, or the parity check (and later use) runs with dropout on."""
-    from merc.export.onnx_export import export_dag_step
-    from merc.models.checkpoint import TrainedModel
-    from merc.models.dag import DAGConfig, MultiDAG
-    from merc.models.labels import LabelSet
+    from merc.export.build.onnx_export import export_dag_step
+    from merc.models.dag.checkpoint import TrainedModel
+    from merc.models.dag.graph import DAGConfig, MultiDAG
+    from merc.models.data.labels import LabelSet
 
     dag = MultiDAG(DAGConfig(n_classes=3, hidden=8, dropout=0.5)).eval()
     export_dag_step(TrainedModel(dag, LabelSet("abc", ("a", "b", "c")), "minilm", {}), tmp_path / DAG_FILE)
@@ -295,7 +297,7 @@ def test_export_leaves_the_model_in_eval_mode(tmp_path):
 
 EVAL_BUNDLE = """
 import json, sys
-from merc.models.cli import eval_main
+from merc.cli.train import eval_main
 code = eval_main(["--bundle", sys.argv[1], "--corpus", "jsonl", "--data-dir", sys.argv[2], "--split", "test",
                   "--out", sys.argv[3], "--device", "cpu", "--threads", "1", "--quiet", "--json"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
@@ -304,7 +306,7 @@ print(json.dumps({"code": code, "heavy": heavy}))
 
 
 def test_eval_bundle_scores_like_the_torch_evaluation_without_torch(bundle, run_dir, data_dir, tmp_path):
-    from merc.models.evaluate import evaluate_run
+    from merc.models.train.evaluate import evaluate_run
 
     lines = [json.dumps({"dialogue_id": d.id, "split": "test", "utterances": [
         {"speaker": u.speaker, "text": u.text, "emotion": u.label} for u in d.utterances]})
@@ -327,7 +329,7 @@ def test_eval_bundle_scores_like_the_torch_evaluation_without_torch(bundle, run_
 
 
 def test_eval_bundle_errors(bundle, tmp_path, capsys):
-    from merc.models.cli import eval_main
+    from merc.cli.train import eval_main
 
     with pytest.raises(SystemExit):
         eval_main([])  # neither a run nor --bundle

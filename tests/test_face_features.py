@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from merc.models.face_features import (
+
+from merc.models.features.face_features import (
     BLENDSHAPE_NAMES,
     FACE_DIM,
     FACE_MODEL_SHA256,

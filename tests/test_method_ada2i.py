@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_methods import DIMS, synthetic_dialogues
 
-from merc.models.features import DialogueFeatures, collate
-from merc.models.labels import IEMOCAP6
+from merc.models.data.labels import IEMOCAP6
+from merc.models.features.dialogue import DialogueFeatures, collate
 from merc.models.methods import MethodConfig, build_method
 from merc.models.methods.ada2i import OGMGE
 from merc.models.methods.trainer import FitConfig, train_method
-from test_methods import DIMS, synthetic_dialogues
 
 torch.set_num_threads(1)
 

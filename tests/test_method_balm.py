@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_methods import DIMS, synthetic_dialogues
 
-from merc.models.features import DialogueFeatures, collate
-from merc.models.labels import IEMOCAP6
+from merc.models.data.labels import IEMOCAP6
+from merc.models.features.dialogue import DialogueFeatures, collate
 from merc.models.methods import MethodConfig, build_method
 from merc.models.methods.balm import GradientRebalancing, discrepancies, unimodal_loss
 from merc.models.methods.trainer import FitConfig, train_method
-from test_methods import DIMS, synthetic_dialogues
 
 torch.set_num_threads(1)
 
@@ -160,8 +160,9 @@ def test_text_only_degrades_to_plain_training():
     model = build()
     recorder = Recording(model.rho)
     model.training_plugins = lambda: [recorder]
-    _, history = train_method(model, text_only(synthetic_dialogues(16, seed=4)), text_only(synthetic_dialogues(4, seed=5)),
-                              IEMOCAP6, FitConfig(epochs=3, batch_size=8, lr=3e-3, patience=10), progress=False)
+    _, history = train_method(model, text_only(synthetic_dialogues(16, seed=4)),
+                              text_only(synthetic_dialogues(4, seed=5)), IEMOCAP6,
+                              FitConfig(epochs=3, batch_size=8, lr=3e-3, patience=10), progress=False)
     assert all(np.isfinite(h["train_loss"]) for h in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(h == {} for h in recorder.history)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from test_methods import DIMS, synthetic_dialogues
 
-from merc.models.features import DialogueFeatures, collate
-from merc.models.labels import IEMOCAP6
+from merc.models.data.labels import IEMOCAP6
+from merc.models.features.dialogue import DialogueFeatures, collate
 from merc.models.methods import MethodConfig, build_method
+from merc.models.methods.base import per_turn_loss
 from merc.models.methods.cmath import MaskedAttention
-from merc.models.methods.trainer import FitConfig, per_turn_loss, train_method
+from merc.models.methods.trainer import FitConfig, train_method
 
 
 def build(**kw) -> torch.nn.Module:

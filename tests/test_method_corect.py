@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_methods import DIMS, synthetic_dialogues
 
-from merc.models.features import collate
+from merc.models.features.dialogue import collate
 from merc.models.methods import MethodConfig, build_method
 from merc.models.methods.base import time_window
 from merc.models.methods.corect import RELATIONS, AttentionBlock, build_graph
-
-from test_methods import DIMS, synthetic_dialogues
 
 
 def model(**kw) -> torch.nn.Module:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_methods import DIMS, synthetic_dialogues
 
-from merc.models.features import DialogueFeatures, collate
+from merc.models.features.dialogue import DialogueFeatures, collate
 from merc.models.methods import MethodConfig, build_method
+from merc.models.methods.base import per_turn_loss
 from merc.models.methods.dqf import GRANULARITIES
-from merc.models.methods.trainer import per_turn_loss
 
 HIDDEN = 32
 

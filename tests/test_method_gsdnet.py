@@ -5,13 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from merc.models.features import DialogueFeatures, collate
-from merc.models.methods import MethodConfig, build_method
-from merc.models.methods.gsdnet import (graph_views, positional_encoding, rebuild, similarity_graph, spectrum,
-                                        vp_schedule)
-from merc.models.methods.trainer import mean_loss, per_turn_loss
 from test_methods import DIMS, audio_from_text_dialogues, synthetic_dialogues
+
+from merc.models.features.dialogue import DialogueFeatures, collate
+from merc.models.methods import MethodConfig, build_method
+from merc.models.methods.base import per_turn_loss
+from merc.models.methods.gsdnet import (
+    graph_views,
+    positional_encoding,
+    rebuild,
+    similarity_graph,
+    spectrum,
+    vp_schedule,
+)
+from merc.models.methods.trainer import mean_loss
 
 
 def build(**kw) -> torch.nn.Module:
@@ -183,7 +190,7 @@ def test_estimation_improves_with_training():
     model = build()
     before = error(model)
     optim = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for epoch in range(20):
+    for _epoch in range(20):
         model.train()
         for start in range(0, len(train), 8):
             batch = collate(train[start:start + 8])

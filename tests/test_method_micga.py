@@ -2,14 +2,13 @@
 the causal variant, and that estimation is learned."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from test_methods import DIMS, audio_from_text_dialogues, synthetic_dialogues
 
-from merc.models.features import DialogueFeatures, collate
+from merc.models.features.dialogue import collate
 from merc.models.methods import MethodConfig, build_method
 from merc.models.methods.micga import WindowedBiLSTM, allowed_pairs
-from test_methods import DIMS, audio_from_text_dialogues, synthetic_dialogues
 
 
 def build(**kw) -> torch.nn.Module:
@@ -156,7 +155,7 @@ def test_the_reconstruction_loss_teaches_estimation():
     before = error(model)
     optim = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for epoch in range(20):
+    for _epoch in range(20):
         for start in range(0, len(train), 8):
             loss = model(*inputs(collate(train[start:start + 8]))).aux_loss
             optim.zero_grad()

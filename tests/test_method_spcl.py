@@ -8,18 +8,24 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from merc.models.features import DialogueFeatures, collate
-from merc.models.labels import IEMOCAP6
-from merc.models.methods import MethodConfig, MethodOutput, build_method, build_plugin
-from merc.models.methods.spcl import SelfPacedCurriculum
-from merc.models.methods.trainer import FitConfig, per_turn_loss, predict_method, train_method
 from test_methods import DIMS, synthetic_dialogues
+
+from merc.models.data.labels import IEMOCAP6
+from merc.models.features.dialogue import DialogueFeatures, collate
+from merc.models.methods import MethodConfig, MethodOutput, build_method, build_plugin
+from merc.models.methods.base import per_turn_loss
+from merc.models.methods.spcl import SelfPacedCurriculum
+from merc.models.methods.trainer import (
+    FitConfig,
+    predict_method,
+    train_method,
+)
 
 torch.set_num_threads(1)
 
 
-def batch_and_output(seed: int = 1, n: int = 6, with_modalities: bool = True) -> tuple[dict, MethodOutput, torch.Tensor]:
+def batch_and_output(seed: int = 1, n: int = 6,
+                     with_modalities: bool = True) -> tuple[dict, MethodOutput, torch.Tensor]:
     batch = collate(synthetic_dialogues(n, seed=seed))
     g = torch.Generator().manual_seed(seed)
     shape = (*batch["labels"].shape, 6)

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from merc.models.features import DialogueFeatures, collate
-from merc.models.labels import IEMOCAP6
-from merc.models.methods import METHODS, MethodConfig, build_method, build_plugin, count_parameters
+from merc.models.data.labels import IEMOCAP6
+from merc.models.features.dialogue import DialogueFeatures, collate
+from merc.models.methods import (
+    METHODS,
+    MethodConfig,
+    build_method,
+    build_plugin,
+    count_parameters,
+)
 from merc.models.methods.base import time_window
 from merc.models.methods.trainer import FitConfig, predict_method, train_method
 

@@ -5,7 +5,6 @@ transparent and compact modes. Screenshots go to tests/artifacts/overlay*.png.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from merc.stream.events import EventBus, turn_event
-from merc.stream.overlay_http import process_request
-from merc.stream.recording import open_recording
-from merc.stream.replay import replay_recording
-from merc.stream.server import EventServer
+from merc.stream.recordings.recording import open_recording
+from merc.stream.recordings.replay import replay_recording
+from merc.stream.wire.events import EventBus, turn_event
+from merc.stream.wire.overlay_http import process_request
+from merc.stream.wire.server import EventServer
 
 KITCHEN = Path(__file__).parent / "fixtures" / "recordings" / "kitchen-2spk"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -33,7 +32,7 @@ HELLO = {"labels": ["neutral", "joy", "surprise", "anger", "sadness", "disgust",
 
 def skip_loudly(reason: str) -> None:
     message = f"OVERLAY BROWSER TESTS SKIPPED: {reason}"
-    warnings.warn(message)
+    warnings.warn(message, stacklevel=2)
     pytest.skip(message)
 
 
@@ -57,12 +56,12 @@ def browser():
 @pytest.fixture(scope="module")
 def processor():
     """The live per-turn components (ASR, speakers, the default model's bundle), as merc-replay loads them."""
-    from merc.stream.cli_common import load_tracker
-    from merc.stream.session import build_processor
+    from merc.cli.common import open_session
+    from merc.stream.session.options import AsrOptions, SessionOptions, SpeakerOptions, TrackerOptions
 
-    args = argparse.Namespace(model=None, bundle=None, precision="fp32", threads=None, device="cpu",
-                              asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
-    return build_processor(args, load_tracker(args))
+    options = SessionOptions(tracker=TrackerOptions(device="cpu"), asr=AsrOptions(device="cpu"),
+                             speakers=SpeakerOptions(device="cpu"))
+    return open_session(options, EventBus("overlay")).processor
 
 
 class Served:
@@ -229,7 +228,8 @@ def test_a_restarted_server_is_rejoined_automatically(browser):
         served = Served("overlay-restart", port=port, bus=served.bus)
         page.wait_for_function("mercOverlay.connections === 2 && mercOverlay.state === 'live'", timeout=WAIT_MS)
         wait_caught_up(page, served)
-        assert [t["text"] for t in page.evaluate("mercOverlay.turns")] == ["first", "published while the server was down"]
+        assert [t["text"] for t in page.evaluate("mercOverlay.turns")] == [
+            "first", "published while the server was down"]
 
         served.server.stop()
         served = Served("overlay-restart-2", port=port)  # a new session numbers from 1 again
@@ -269,3 +269,23 @@ def test_transparent_and_compact_modes_and_the_token(replayed, browser):
     assert sockets and "token=s3cret" in sockets[0]
     screenshot(compact, "overlay-compact.png", transparent=True)
     compact.close()
+
+
+def test_a_server_of_another_major_version_is_shown_as_incompatible(browser, monkeypatch):
+    """The overlay reads the protocol version from the server's hello: another major version is
+    not followed, and the page says why instead of retrying."""
+    from merc.stream.wire import messages
+
+    monkeypatch.setattr(messages, "PROTOCOL_VERSION", 2)
+    served = Served("overlay-future")
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 600})
+        page.goto(served.server.http_url)
+        page.wait_for_function("window.mercOverlay && mercOverlay.state === 'incompatible'", timeout=WAIT_MS)
+        assert page.evaluate("mercOverlay.supportedMajor") == 1 and page.evaluate("mercOverlay.version") is None
+        assert "server speaks protocol v2, overlay v1" in page.locator("#connection-text").inner_text()
+        notice = page.locator("#notice")
+        assert notice.is_visible() and "protocol v2" in notice.inner_text()
+        page.close()
+    finally:
+        served.server.stop()

@@ -8,9 +8,9 @@ import urllib.request
 import pytest
 
 from merc.clients.client import follow
-from merc.stream.events import EventBus
-from merc.stream.overlay_http import overlay_response, process_request
-from merc.stream.server import EventServer
+from merc.stream.wire.events import EventBus
+from merc.stream.wire.overlay_http import overlay_response, process_request
+from merc.stream.wire.server import EventServer
 
 HELLO = {"labels": ["neu", "hap", "sad", "ang", "exc", "fru"], "model": {}, "modalities": ["text"]}
 

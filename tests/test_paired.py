@@ -9,21 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from merc.export.bundle import read_manifest
-from merc.export.expert_runtime import AudioEmotionExpert, FaceEmotionExpert
-from merc.export.onnx_export import export_bundle
-from merc.export.runtime import BundleTracker
-from merc.models.cli import train_main
-from merc.models.corpora import load_corpus
-from merc.models.emodb import load_emodb
-from merc.models.evidence import audio_pools, face_pools
-from merc.models.label_map import label_mapping
-from merc.models.labels import EMODB4, FER7, IEMOCAP6
-from merc.models.paired import EMODB_TEST_SPEAKERS, apply_missing, only, pair
-from merc.models.paired_train import corpus_text, mappings_for, score_paired, train_paired
-from merc.models.paths import default_experts_dir
-
 from conftest import write_face_video
+
+from merc.cli.train import train_main
+from merc.export.build.evidence import audio_pools, face_pools
+from merc.export.build.onnx_export import export_bundle
+from merc.export.serve.bundle import read_manifest
+from merc.export.serve.expert_runtime import AudioEmotionExpert, FaceEmotionExpert
+from merc.export.serve.runtime import BundleTracker
+from merc.models.data.corpora import load_corpus
+from merc.models.data.emodb import load_emodb
+from merc.models.data.label_map import label_mapping
+from merc.models.data.labels import EMODB4, FER7, IEMOCAP6
+from merc.models.features.paired import EMODB_TEST_SPEAKERS, apply_missing, only, pair
+from merc.models.paths import default_experts_dir
+from merc.models.train.paired_train import (
+    corpus_text,
+    mappings_for,
+    score_paired,
+    train_paired,
+)
 
 RECORDING = Path(__file__).parent / "fixtures" / "recordings" / "kitchen-2spk"
 
@@ -56,7 +61,8 @@ def text_run(data_dir, tmp_path_factory, one_thread):
     corpus = tmp / "small.jsonl"
     corpus.write_text("\n".join(lines) + "\n")
     run = tmp / "run"
-    assert train_main(["--corpus", "jsonl", "--data-dir", str(corpus), "--label-set", "iemocap-6", "--encoder", "minilm",
+    assert train_main(["--corpus", "jsonl", "--data-dir", str(corpus), "--label-set", "iemocap-6",
+                       "--encoder", "minilm",
                        "--epochs", "1", "--hidden", "32", "--cache-dir", str(tmp / "cache"), "--out", str(run),
                        "--quiet"]) == 0
     return run
@@ -78,12 +84,13 @@ def test_pools_keep_speakers_and_images_disjoint(pools):
 
 def test_pairing_follows_labels_draws_without_replacement_and_never_mixes_splits(data_dir, pools):
     dialogues = load_corpus("iemocap", data_dir, "test")
-    from merc.models.features import DialogueFeatures
-    from merc.models.dag import MODALITIES
+    from merc.models.dag.graph import MODALITIES
+    from merc.models.features.dialogue import DialogueFeatures
 
     def packed(d):  # labels and speakers are what pairing reads; text is not involved
         return DialogueFeatures(d.id, {}, np.zeros((len(d.utterances), len(MODALITIES)), bool),
-                                np.array(d.speaker_indices()), np.array([IEMOCAP6.index(u.label) for u in d.utterances]))
+                                np.array(d.speaker_indices()),
+                                np.array([IEMOCAP6.index(u.label) for u in d.utterances]))
 
     test = [packed(d) for d in dialogues]
     test_pools = {m: p["test"] for m, p in pools.items()}
@@ -132,7 +139,8 @@ def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(t
     test_pools = {m: p["test"] for m, p in pools.items()}
     full = score_paired(run, text["test"], test_pools, {}, seed=0)
     assert full["present_fraction"] == {"text": 1.0, "audio": 1.0, "face": 1.0}
-    assert score_paired(run, text["test"], test_pools, {"audio": 1.0, "face": 1.0}, seed=0)["present_fraction"]["face"] == 0
+    scored = score_paired(run, text["test"], test_pools, {"audio": 1.0, "face": 1.0}, seed=0)
+    assert scored["present_fraction"]["face"] == 0
 
     bundle = tmp_path / "bundle"
     export_bundle(run, bundle, variants=[], corpus="jsonl", data_dir=json.loads(
@@ -144,8 +152,8 @@ def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(t
     assert "face_cnn.onnx" in manifest.files and "audio_expert.onnx" in manifest.files
     face = FaceEmotionExpert(manifest.file(manifest.experts["face"]["file"]))
     tracker = BundleTracker.load(bundle)
-    from merc.models.audio_features import AcousticFeaturizer
-    from merc.models.emodb import read_clip
+    from merc.models.data.emodb import read_clip
+    from merc.models.features.audio_features import AcousticFeaturizer
 
     voice = AudioEmotionExpert(manifest.file("audio_expert.onnx"), AcousticFeaturizer("whisper_unpadded"))
     angry = next(c for c in clips if c.label == EMODB4.index("anger"))
@@ -166,22 +174,20 @@ def test_multimodal_training_lowers_the_loss_and_its_bundle_serves_the_experts(t
 def replay_with_camera(bundle, data_dir, tmp_path) -> list[dict]:
     """Events of a fixture recording replayed at real time through `merc-live`'s per-turn processor
     on `bundle`, with a camera (a video of FER-2013 test faces) feeding a face tracker."""
-    import argparse
-
-    from merc.models.face_features import FaceAnalyzer, face_model_path
-    from merc.stream.cli_common import load_tracker
-    from merc.stream.events import EventBus
-    from merc.stream.recording import open_recording
-    from merc.stream.replay import replay_recording
-    from merc.stream.session import build_processor
-    from merc.stream.video import FaceTracker, VideoFileSource
+    from merc.cli.common import open_session
+    from merc.models.features.face_features import FaceAnalyzer, face_model_path
+    from merc.stream.capture.video import FaceTracker, VideoFileSource
+    from merc.stream.recordings.recording import open_recording
+    from merc.stream.recordings.replay import replay_recording
+    from merc.stream.session.options import AsrOptions, SessionOptions, SpeakerOptions, TrackerOptions
+    from merc.stream.wire.events import EventBus
 
     video = write_face_video(data_dir, tmp_path / "camera.avi", seconds=40)
-    args = argparse.Namespace(model=None, bundle=bundle, precision="fp32", threads=None, device="cpu",
-                              asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
+    options = SessionOptions(tracker=TrackerOptions(bundle=bundle, device="cpu"), asr=AsrOptions(device="cpu"),
+                             speakers=SpeakerOptions(device="cpu"))
     camera = VideoFileSource(video, speed=1.0)
     face_tracker = FaceTracker(camera, FaceAnalyzer.load(face_model_path(), mode="video"))
-    processor = build_processor(args, load_tracker(args), face_tracker=face_tracker)
+    processor = open_session(options, EventBus("test"), face_tracker=face_tracker).processor
     camera.start()
     face_tracker.start()
     try:

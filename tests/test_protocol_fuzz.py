@@ -11,9 +11,9 @@ import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from merc.stream.events import EventBus, schema
-from merc.stream.protocol import Control, Invalid, Ping, Resume, parse
-from merc.stream.server import EventServer
+from merc.stream.wire.events import EventBus, schema
+from merc.stream.wire.protocol import Control, Invalid, Ping, Resume, parse
+from merc.stream.wire.server import EventServer
 
 VALIDATOR = jsonschema.Draft202012Validator(schema())
 HELLO = {"labels": ["neutral", "joy"], "model": {"label_set": "test"}, "modalities": ["text"]}
@@ -24,8 +24,8 @@ json_values = st.recursive(
     max_leaves=20)
 near_misses = st.fixed_dictionaries(
     {"type": st.sampled_from(["hello", "subscribe", "ping", "control", "pong", "turn", "HELLO", ""]) | st.text()},
-    optional={"since": json_values | st.integers(), "action": st.sampled_from(["reset", "pause", "resume"]) | json_values,
-              "extra": json_values})
+    optional={"since": json_values | st.integers(),
+              "action": st.sampled_from(["reset", "pause", "resume"]) | json_values, "extra": json_values})
 messages = (st.text() | st.binary() | json_values.map(json.dumps) | near_misses.map(json.dumps)
             | near_misses.map(lambda m: json.dumps(m).encode("utf-16")) | st.just("[" * 50000)
             | st.just("1" * 5000) | st.just(b"\xff\xfe\x00"))

@@ -12,8 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from merc.stream.audio import WavFileSource
-from merc.stream.recording import RecordingError, RecordingWriter, open_recording, read_jsonl
+from merc.stream.capture.audio import WavFileSource
+from merc.stream.recordings.recording import (
+    RecordingError,
+    RecordingWriter,
+    open_recording,
+    read_jsonl,
+)
 
 
 def test_writer_round_trip(tmp_path):
@@ -38,7 +43,7 @@ def test_a_killed_recorder_leaves_a_readable_recording(tmp_path):
     """SIGKILL mid-session: the audio and events written so far survive (the header is kept current)."""
     script = textwrap.dedent(f"""
         import time, numpy as np
-        from merc.stream.recording import RecordingWriter
+        from merc.stream.recordings.recording import RecordingWriter
         w = RecordingWriter({str(tmp_path / 'rec')!r})
         for i in range(10_000):
             w.write_audio(np.full(512, 0.1, np.float32))

@@ -5,7 +5,6 @@ gold.jsonl), and the bundled example recording that merc-replay plays by default
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -19,18 +18,22 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from conftest import write_face_video
 
 from merc.clients.client import follow
-from merc.stream.audio import WavFileSource
-from merc.stream.events import EventBus, schema
-from merc.stream.recording import open_recording, read_gold, read_jsonl
-from merc.stream.replay import replay_recording
-from merc.stream.replay_cli import example_recording
-from merc.stream.scoring import score_replay
-from merc.stream.server import EventServer
-from merc.stream.video import VideoFileSource
-
-from conftest import write_face_video
+from merc.stream.capture.audio import WavFileSource
+from merc.stream.capture.video import VideoFileSource
+from merc.stream.recordings.recording import (
+    example_recording,
+    open_recording,
+    read_gold,
+    read_jsonl,
+)
+from merc.stream.recordings.replay import replay_recording
+from merc.stream.recordings.scoring import score_replay
+from merc.stream.session.options import AsrOptions, SessionOptions, SpeakerOptions, TrackerOptions
+from merc.stream.wire.events import EventBus, schema
+from merc.stream.wire.server import EventServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "recordings"
 RECORDINGS = sorted(p.parent for p in FIXTURES.glob("*/manifest.json"))
@@ -38,18 +41,17 @@ KITCHEN = FIXTURES / "kitchen-2spk"  # two speakers, no overlap: every gold turn
 
 
 @pytest.fixture(scope="module")
-def session_args() -> argparse.Namespace:
-    return argparse.Namespace(model=None, bundle=None, precision="fp32", threads=None, device="cpu",
-                              asr="faster-whisper", asr_model="tiny.en", asr_device="cpu", speakers=None)
+def session_options() -> SessionOptions:
+    return SessionOptions(tracker=TrackerOptions(device="cpu"), asr=AsrOptions(device="cpu"),
+                          speakers=SpeakerOptions(device="cpu"))
 
 
 @pytest.fixture(scope="module")
-def processor(session_args):
+def processor(session_options):
     """The live per-turn components (ASR, speakers, the default model's bundle), loaded once."""
-    from merc.stream.cli_common import load_tracker
-    from merc.stream.session import build_processor
+    from merc.cli.common import open_session
 
-    return build_processor(session_args, load_tracker(session_args))
+    return open_session(session_options, EventBus("test")).processor
 
 
 def replay(directory: Path, processor, speed=None) -> list[dict]:
@@ -93,7 +95,7 @@ def test_replay_command_and_eval_command(tmp_path):
     """merc-replay writes the events; merc-eval --replay scores them (as a user runs them)."""
     rec = tmp_path / "rec"
     shutil.copytree(RECORDINGS[0], rec)
-    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", str(rec), "--speed", "max"],
+    out = subprocess.run([sys.executable, "-m", "merc.cli.replay", str(rec), "--speed", "max"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert (rec / "replay.events.jsonl").is_file() and "x real time" in out.stderr
@@ -112,7 +114,7 @@ def test_truncated_recording_keeps_the_turns_before_the_cut(tmp_path):
     wav = rec / "audio.wav"
     full = WavFileSource(wav).duration
     os.truncate(wav, 44 + int(wav.stat().st_size * 0.6) // 2 * 2)
-    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", str(rec)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "merc.cli.replay", str(rec)], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 1 and "audio.wav: truncated" in out.stderr
     events = read_jsonl(rec / "replay.events.jsonl")
@@ -128,19 +130,19 @@ def test_truncated_recording_keeps_the_turns_before_the_cut(tmp_path):
     (["--model", "no-such-model"], "no-such-model"),
 ])
 def test_a_missing_model_is_a_clear_error_at_start(bad, message):
-    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", *bad], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "merc.cli.replay", *bad], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_bad_recording_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "merc.stream.replay_cli", str(tmp_path)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "merc.cli.replay", str(tmp_path)], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 2 and "manifest.json" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_no_microphone_is_a_clear_message():
-    out = subprocess.run([sys.executable, "-m", "merc.stream.cli", "--mic", "987", "--camera", "none"],
+    out = subprocess.run([sys.executable, "-m", "merc.cli.live", "--mic", "987", "--camera", "none"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "microphone" in out.stderr and "merc-replay" in out.stderr
     assert "Traceback" not in out.stderr
@@ -162,9 +164,9 @@ class UnpluggedMidStream(WavFileSource):
 
 
 def test_a_source_that_disappears_mid_stream_ends_the_session_cleanly(processor):
-    from merc.stream.pipeline import Pipeline
-    from merc.stream.segmenter import TurnSegmenter
-    from merc.stream.vad import SileroVAD
+    from merc.stream.capture.vad import SileroVAD
+    from merc.stream.session.pipeline import Pipeline
+    from merc.stream.turns.segmenter import TurnSegmenter
 
     directory = RECORDINGS[0]
     gold = read_gold(open_recording(directory))
@@ -179,11 +181,11 @@ def test_a_source_that_disappears_mid_stream_ends_the_session_cleanly(processor)
     assert len(turns) == 2 and turns[1]["t_end"] <= cut + 0.05  # the turn in progress is closed, not lost
 
 
-def test_a_websocket_client_receives_the_turns_and_disconnects_cleanly(processor, session_args):
-    from merc.stream.session import hello_body
+def test_a_websocket_client_receives_the_turns_and_disconnects_cleanly(processor, session_options):
+    from merc.stream.session.build import hello_body
 
     bus = EventBus("ws")
-    server = EventServer(bus, hello_body(processor.tracker, session_args), port=0)
+    server = EventServer(bus, hello_body(processor.tracker, session_options), port=0)
     server.start()
     received: list[dict] = []
     connected = threading.Event()
@@ -233,8 +235,12 @@ def test_a_camera_unplugged_mid_session_only_marks_the_face_missing(processor, d
 
     import numpy as np
 
-    from merc.models.face_features import FaceAnalyzer, face_features, face_model_path
-    from merc.stream.video import FaceTracker
+    from merc.models.features.face_features import (
+        FaceAnalyzer,
+        face_features,
+        face_model_path,
+    )
+    from merc.stream.capture.video import FaceTracker
 
     video = write_face_video(data_dir, tmp_path / "camera.avi", seconds=25)
 
@@ -265,13 +271,14 @@ def test_a_camera_unplugged_mid_session_only_marks_the_face_missing(processor, d
 def test_a_live_session_records_and_serves(tmp_path, processor):
     """merc-live's session on a recording standing in for the microphone: --record writes a recording
     that replays, events carry the session's status, and the server is up while it runs."""
-    from merc.stream.cli import build_parser, run_session
+    from merc.cli.live import build_parser, run_session
 
     args = build_parser().parse_args(["--record", str(tmp_path / "rec"), "--port", "0", "--camera", "none"])
     source = WavFileSource(KITCHEN / "audio.wav", speed=None)
     assert run_session(args, source) == 0
     rec = open_recording(tmp_path / "rec")
     assert rec.problems == () and rec.manifest["source"] == "merc-live"
+    assert rec.manifest["options"]["asr"]["model"] == "tiny.en" and "token" not in rec.manifest["options"]["server"]
     assert abs(WavFileSource(rec.audio).duration - source.duration) < 0.05
     events = read_jsonl(rec.directory / "events.jsonl")
     assert events[0]["type"] == "status" and events[0]["devices"]["microphone"] is True
@@ -296,7 +303,7 @@ def test_replay_serve_serves_the_overlay_and_the_events_until_interrupted():
     import signal
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "merc.stream.replay_cli", str(KITCHEN), "--serve", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "merc.cli.replay", str(KITCHEN), "--serve", "--port", "0",
                              "--speed", "max", "--out", os.devnull], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
                             # Ctrl-C as a terminal delivers it, however pytest was started: a shell's
@@ -327,5 +334,6 @@ def test_replay_serve_serves_the_overlay_and_the_events_until_interrupted():
             code = proc.wait(30)
         except subprocess.TimeoutExpired:  # show where it hangs: faulthandler dumps every thread on SIGABRT
             proc.send_signal(signal.SIGABRT)
-            pytest.fail("merc-replay --serve did not exit 30 s after SIGINT; its threads:\n" + proc.stderr.read()[-8000:])
+            pytest.fail("merc-replay --serve did not exit 30 s after SIGINT; its threads:\n"
+                        + proc.stderr.read()[-8000:])
         assert code == 0

@@ -1,7 +1,7 @@
 """Scoring replays against gold: pairing by time, speaker mapping, WER, emotion F1."""
 from __future__ import annotations
 
-from merc.stream.scoring import normalise_text, pair_turns, score_replay
+from merc.stream.recordings.scoring import normalise_text, pair_turns, score_replay
 
 GOLD = [
     {"speaker": "Ann", "text": "Hello there, Bob!", "emotion": "joy", "t_start": 0.5, "t_end": 2.0},

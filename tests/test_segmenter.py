@@ -5,12 +5,11 @@ import time
 
 import numpy as np
 import pytest
-
-from merc.stream.audio import AudioChunk
-from merc.stream.segmenter import SegmenterOptions, TurnSegmenter
-from merc.stream.vad import FRAME, SileroVAD, VADError, silero_model_path
-
 from speech import say, silence
+
+from merc.stream.capture.audio import AudioChunk
+from merc.stream.capture.vad import FRAME, SileroVAD, VADError, silero_model_path
+from merc.stream.turns.segmenter import SegmenterOptions, TurnSegmenter
 
 
 def segment(audio: np.ndarray, options: SegmenterOptions | None = None, chunk: int = 1600):

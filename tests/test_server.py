@@ -9,8 +9,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from merc.clients.client import follow
-from merc.stream.events import EventBus, schema
-from merc.stream.server import EventServer
+from merc.stream.wire.events import EventBus, schema
+from merc.stream.wire.server import EventServer
 
 HELLO = {"labels": ["neutral", "joy"], "model": {"label_set": "test"}, "modalities": ["text"]}
 
@@ -42,7 +42,8 @@ def test_clients_get_hello_then_events_and_bad_messages_get_errors(served):
             assert first["seq"] == 1 and first["message"] == "one"
             validator.validate(first)
             for bad in ("not json", "[1, 2]", json.dumps({"type": "dance"}), json.dumps({"type": "hello", "since": -1}),
-                        json.dumps({"type": "control", "action": "explode"})):
+                        json.dumps({"type": "control", "action": "explode"}),
+                        json.dumps({"type": "control", "action": "reset"})):  # no session handler: still answered
                 await ws.send(bad)
                 error = json.loads(await ws.recv())
                 assert error["type"] == "error" and error["message"]
@@ -85,7 +86,7 @@ def test_a_resuming_client_gets_what_it_missed_once(served):
 
 def test_port_in_use_is_a_clear_error(served):
     bus, server = served
-    from merc.stream.server import ServerError
+    from merc.stream.wire.server import ServerError
 
     with pytest.raises(ServerError, match=f"127.0.0.1:{server.port}"):
         EventServer(bus, HELLO, port=server.port).start()

@@ -21,11 +21,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
-from merc.stream.access import AccessPolicy, exposure_problem, is_loopback
-from merc.stream.delivery import ClientQueue, Outgoing
-from merc.stream.events import EventBus
-from merc.stream.protocol import Admission, RateLimiter
-from merc.stream.server import MAX_MESSAGE_BYTES, EventServer, ServerError
+from merc.stream.wire.access import AccessPolicy, exposure_problem, is_loopback
+from merc.stream.wire.delivery import ClientQueue, Outgoing
+from merc.stream.wire.events import EventBus
+from merc.stream.wire.protocol import Admission, RateLimiter
+from merc.stream.wire.server import MAX_MESSAGE_BYTES, EventServer, ServerError
 
 HELLO = {"labels": ["neutral", "joy"], "model": {"label_set": "test"}, "modalities": ["text"]}
 
@@ -222,7 +222,8 @@ class StalledClient:
         events = []
         while data := self.sock.recv(65536):
             self.protocol.receive_data(data)
-            events += [json.loads(f.data) for f in self.protocol.events_received() if getattr(f, "opcode", None) is Opcode.TEXT]
+            events += [json.loads(f.data) for f in self.protocol.events_received()
+                       if getattr(f, "opcode", None) is Opcode.TEXT]
             self.sock.sendall(b"".join(self.protocol.data_to_send()))
         self.sock.close()
         return events, self.protocol.close_rcvd
@@ -314,10 +315,10 @@ def test_fifty_clients_come_and_go_without_leaking(served):
 
 
 def test_the_commands_refuse_to_expose_events_without_a_token(capsys, monkeypatch):
-    from merc.stream import cli, replay_cli
+    from merc.cli import live, replay
 
     monkeypatch.delenv("MERC_TOKEN", raising=False)
-    for main, argv in ((cli.main, ["--host", "0.0.0.0"]), (replay_cli.main, ["--serve", "--host", "0.0.0.0"])):
+    for main, argv in ((live.main, ["--host", "0.0.0.0"]), (replay.main, ["--serve", "--host", "0.0.0.0"])):
         with pytest.raises(SystemExit) as exit:
             main(argv)
         assert exit.value.code == 2 and "--token" in capsys.readouterr().err

@@ -9,9 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-from merc.stream.speakers import EMBEDDING_DIM, SpeakerAttributor, SpeakerEmbedder
 from scipy.optimize import linear_sum_assignment
 from scipy.signal import resample_poly
+
+from merc.stream.turns.speakers import EMBEDDING_DIM, SpeakerAttributor, SpeakerEmbedder
 
 
 def unit(*values: float) -> np.ndarray:

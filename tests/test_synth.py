@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from merc.models.corpora import Dialogue, Utterance, load_corpus, load_dialogues_jsonl
-from merc.stream.synth import (
+
+from merc.cli.synth import main
+from merc.models.data.corpora import (
+    Dialogue,
+    Utterance,
+    load_corpus,
+    load_dialogues_jsonl,
+)
+from merc.stream.recordings.synth import (
     FEMALE_VOICES,
     MALE_VOICES,
     SAMPLE_RATE,
@@ -24,7 +31,6 @@ from merc.stream.synth import (
     select_dialogues,
     synthesize_dialogue,
 )
-from merc.stream.synth_cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recordings"
 DIALOGUES = FIXTURES / "dialogues.jsonl"

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from merc.models.corpora import load_corpus
-from merc.models.embedding_cache import EmbeddingCache, encode_cached
-from merc.models.finetune import FinetuneConfig, finetune_text_encoder
-from merc.models.labels import MELD7
+
+from merc.models.data.corpora import load_corpus
+from merc.models.data.labels import MELD7
+from merc.models.data.turns import ConversationSoFar, turn_inputs
+from merc.models.features.embedding_cache import EmbeddingCache, encode_cached
+from merc.models.features.text_encoder import (
+    MINILM_ID,
+    EncoderError,
+    EncoderSpec,
+    TextEncoder,
+)
 from merc.models.paths import default_model_dir
-from merc.models.text_encoder import MINILM_ID, EncoderError, EncoderSpec, TextEncoder
-from merc.models.turns import ConversationSoFar, turn_inputs
+from merc.models.train.finetune import FinetuneConfig, finetune_text_encoder
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,8 @@ def test_encoder_ids_stay_stable_and_new_options_change_them(minilm):
     # the embedding-cache key of an encoder without speaker markers or LoRA is the one it always had:
     # MiniLM's, and that of the top-two-layers encoder of the default model before 2026-12-01
     assert minilm.id == "c9f18029a9b8c534"
-    older = EncoderSpec(context_turns=2, delta_sha256="bc95b8109f56e0fccae2c68c965bc1ce51cbfb096cf73ea72cb97043d8168559")
+    older = EncoderSpec(context_turns=2,
+                        delta_sha256="bc95b8109f56e0fccae2c68c965bc1ce51cbfb096cf73ea72cb97043d8168559")
     assert TextEncoder(older, minilm.model, minilm.tokenizer).id == "af827cfd5ec9aff9"
     assert TextEncoder.load(default_model_dir() / "encoder", device="cpu").id == "bb1c1f3980e239e2"
     assert minilm.with_spec(speaker_markers=True).id != minilm.id

@@ -9,11 +9,12 @@ import sys
 
 import pytest
 import torch
-from merc.models.checkpoint import ModelError, load_model
-from merc.models.corpora import load_corpus
-from merc.models.features import collate, text_features
-from merc.models.labels import MELD7
-from merc.stream.tracker import DialogueTracker, default_model_dir
+
+from merc.models.dag.checkpoint import ModelError, load_model
+from merc.models.dag.tracker import DialogueTracker, default_model_dir
+from merc.models.data.corpora import load_corpus
+from merc.models.data.labels import MELD7
+from merc.models.features.dialogue import collate, text_features
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_bad_model_directory_is_a_clear_error(tmp_path):
 
 
 def test_main_command_tracks_the_bundled_example():
-    out = subprocess.run([sys.executable, "-m", "merc.stream.track_cli"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "merc.cli.track"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "example-flat-hunt" in out.stdout and "turns match the gold labels" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line[:3].strip().isdigit()]
@@ -80,20 +81,21 @@ def test_main_command_tracks_the_bundled_example():
 def test_main_command_json_output_and_bad_input(tmp_path):
     bad = tmp_path / "d.jsonl"
     bad.write_text('{"dialogue_id": "x", "utterances": []}\n')
-    out = subprocess.run([sys.executable, "-m", "merc.stream.track_cli", "--dialogue", str(bad)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "merc.cli.track", "--dialogue", str(bad)], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 2 and "d.jsonl" in out.stderr
     good = tmp_path / "g.jsonl"
     good.write_text(json.dumps({"dialogue_id": "g", "utterances": [{"speaker": "A", "text": "Hi!"},
                                                                      {"speaker": "B", "text": "Oh no."}]}) + "\n")
-    out = subprocess.run([sys.executable, "-m", "merc.stream.track_cli", "--dialogue", str(good), "--json"],
+    out = subprocess.run([sys.executable, "-m", "merc.cli.track", "--dialogue", str(good), "--json"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     turns = [json.loads(line) for line in out.stdout.splitlines()]
     assert [t["turn"] for t in turns] == [0, 1] and all(t["label"] in MELD7.labels for t in turns)
 
 
-@pytest.mark.parametrize("command", ["merc-live", "merc-replay", "merc-track", "merc-synth", "merc-train", "merc-eval", "merc-export"])
+@pytest.mark.parametrize("command", ["merc-live", "merc-replay", "merc-track", "merc-synth", "merc-train", "merc-eval",
+                                     "merc-export"])
 def test_every_command_explains_itself(command):
     out = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and len(out.stdout) > 400
@@ -103,7 +105,7 @@ def test_every_command_explains_itself(command):
 
 SERVE_BUNDLE = """
 import contextlib, io, json, sys
-from merc.stream.track_cli import main
+from merc.cli.track import main
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     code = main(["--bundle", sys.argv[1], "--json", "--device", "cpu"])
@@ -115,13 +117,13 @@ print(json.dumps({"code": code, "turns": [json.loads(line) for line in out.getva
 @pytest.fixture(scope="module")
 def default_bundle():
     """The bundled default model's bundle, as merc-live serves it (exported into the cache once)."""
-    from merc.export.onnx_export import ensure_bundle
+    from merc.export.build.onnx_export import ensure_bundle
 
     return ensure_bundle(default_model_dir())
 
 
 def _example_turns():
-    from merc.stream.track_cli import example_dialogue
+    from merc.models.data.examples import example_dialogue
 
     dialogue = json.loads(example_dialogue().read_text().splitlines()[0])
     return [(u["speaker"], u["text"]) for u in dialogue["utterances"]]
@@ -145,7 +147,7 @@ def test_main_command_serves_a_bundle_without_torch(default_bundle, tracker):
 def test_engines_agree_and_bad_engine_options_are_refused(default_bundle):
     runs = {}
     for engine in ("onnx", "torch"):
-        out = subprocess.run([sys.executable, "-m", "merc.stream.track_cli", "--engine", engine, "--json"],
+        out = subprocess.run([sys.executable, "-m", "merc.cli.track", "--engine", engine, "--json"],
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         runs[engine] = [json.loads(line) for line in out.stdout.splitlines()]
@@ -154,24 +156,24 @@ def test_engines_agree_and_bad_engine_options_are_refused(default_bundle):
         assert a["label"] == b["label"] and max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) <= 1e-4
     for bad in (["--bundle", str(default_bundle), "--engine", "torch"],
                 ["--bundle", str(default_bundle), "--model", str(default_model_dir())]):
-        out = subprocess.run([sys.executable, "-m", "merc.stream.track_cli", *bad], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "merc.cli.track", *bad], capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 2 and "--bundle" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "merc.stream.track_cli", "--bundle", str(default_bundle) + "-missing"],
+    out = subprocess.run([sys.executable, "-m", "merc.cli.track", "--bundle", str(default_bundle) + "-missing"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "bundle directory not found" in out.stderr
 
 
 def test_first_use_export_is_logged_with_the_cache_location(tmp_path):
     env = {**os.environ, "MERC_CACHE": str(tmp_path / "cache")}
-    first = subprocess.run([sys.executable, "-m", "merc.stream.track_cli", "--model", str(default_model_dir())],
+    first = subprocess.run([sys.executable, "-m", "merc.cli.track", "--model", str(default_model_dir())],
                            capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr
     assert "turns match the gold labels" in first.stdout
     bundles = list((tmp_path / "cache" / "bundles").iterdir())
     assert len(bundles) == 1 and bundles[0].name.startswith("default-")
     assert "INFO" in first.stderr and "first use" in first.stderr and f"bundle cached at {bundles[0]}" in first.stderr
-    again = subprocess.run([sys.executable, "-m", "merc.stream.track_cli"], capture_output=True, text=True, timeout=300,
+    again = subprocess.run([sys.executable, "-m", "merc.cli.track"], capture_output=True, text=True, timeout=300,
                            env=env)
     assert again.returncode == 0, again.stderr
     assert "first use" not in again.stderr and _same_table(again.stdout, first.stdout)
@@ -186,8 +188,8 @@ def _same_table(a: str, b: str) -> bool:
 
 def test_main_command_serves_a_cached_bundle_without_torch():
     """Once the default model's bundle is in the cache, merc-live imports neither torch nor transformers."""
-    subprocess.run([sys.executable, "-m", "merc.stream.track_cli"], capture_output=True, text=True, timeout=600, check=True)
-    code = ("import sys; from merc.stream.track_cli import main; rc = main([]); "
+    subprocess.run([sys.executable, "-m", "merc.cli.track"], capture_output=True, text=True, timeout=600, check=True)
+    code = ("import sys; from merc.cli.track import main; rc = main([]); "
             "assert rc == 0; assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

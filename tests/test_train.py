@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from merc.models.cli import eval_main, train_main
+
+from merc.cli.train import eval_main, train_main
 
 
 @pytest.fixture(scope="module")

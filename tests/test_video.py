@@ -10,8 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from merc.models.face_features import STILL_MARGIN, FaceAnalyzer, prepare
-from merc.stream.video import (
+
+from merc.models.features.face_features import STILL_MARGIN, FaceAnalyzer, prepare
+from merc.stream.capture.video import (
     CameraSource,
     FaceTracker,
     VideoFileSource,

@@ -6,7 +6,8 @@
 (function () {
   "use strict";
 
-  const PROTOCOL_VERSION = 1;
+  // The protocol major version this overlay understands; the server says which it speaks in its hello.
+  const SUPPORTED_MAJOR = 1;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const COMPACT_TURNS = 3;
   const FULL_TURNS = 50;
@@ -47,6 +48,12 @@
     return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/?${query}`;
   }
 
+  function majorOf(version) {
+    // `v` is the major version (an integer; "1.2"-style text is read as its major part)
+    const major = Number.parseInt(String(version), 10);
+    return Number.isInteger(major) ? major : null;
+  }
+
   function element(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -74,7 +81,7 @@
     const state = {
       session: null, labels: [], turns: [], lastSeq: 0, missed: 0, connectionState: "connecting",
       connections: 0, devices: { microphone: null, camera: null, face: null }, socket: null,
-      backoff: BACKOFF_MS[0], retryTimer: null, held: false, noticeTimer: null,
+      backoff: BACKOFF_MS[0], retryTimer: null, held: false, noticeTimer: null, version: null,
     };
     doc.body.classList.toggle("transparent", options.transparent);
     doc.body.classList.toggle("compact", options.compact);
@@ -85,11 +92,20 @@
       view.connectionText.textContent = detail ? `${name} (${detail})` : name;
     }
 
-    function notify(message) {
+    function notify(message, sticky = false) {
       view.notice.textContent = message;
       view.notice.hidden = false;
       clearTimeout(state.noticeTimer);
-      state.noticeTimer = setTimeout(() => { view.notice.hidden = true; }, 8000);
+      if (!sticky) state.noticeTimer = setTimeout(() => { view.notice.hidden = true; }, 8000);
+    }
+
+    function incompatible(version) {
+      // Not retried: reconnecting would meet the same server. The notice stays up.
+      const detail = `server speaks protocol v${String(version).slice(0, 20)}, overlay v${SUPPORTED_MAJOR}`;
+      setConnection("incompatible", detail);
+      notify(`Incompatible server: it speaks protocol v${String(version).slice(0, 20)}, this overlay ` +
+        `understands v${SUPPORTED_MAJOR}. Update merc-live or the overlay so both speak the same version.`, true);
+      state.socket.close();
     }
 
     function connect() {
@@ -97,6 +113,7 @@
       setConnection(state.connections === 0 ? "connecting" : "reconnecting");
       const socket = new WebSocket(socketUrl(loc, state.lastSeq, options.token));
       state.socket = socket;
+      state.version = null; // learnt again from this connection's hello
       socket.onopen = () => socket.send(JSON.stringify({ type: "hello", since: state.lastSeq }));
       socket.onmessage = (message) => {
         if (socket === state.socket) receive(JSON.parse(message.data));
@@ -120,12 +137,13 @@
     }
 
     function receive(event) {
-      if (event.v !== PROTOCOL_VERSION) {
-        setConnection("incompatible", `server speaks v${event.v}, overlay v${PROTOCOL_VERSION}`);
-        state.socket.close();
-        return;
+      if (event.type === "hello") {
+        if (majorOf(event.v) !== SUPPORTED_MAJOR) return incompatible(event.v);
+        state.version = majorOf(event.v);
+        return greet(event);
       }
-      if (event.type === "hello") return greet(event);
+      if (state.version === null) return; // the server greets first: nothing counts before its hello
+      if (majorOf(event.v) !== state.version) return incompatible(event.v);
       if (event.direct) { // a pong, or an error about our own message: outside the sequence
         if (event.type === "error") notify(event.message);
         return;
@@ -252,6 +270,8 @@
       get connections() { return state.connections; },
       get devices() { return { ...state.devices }; },
       get labels() { return [...state.labels]; },
+      get version() { return state.version; },
+      supportedMajor: SUPPORTED_MAJOR,
       options,
       // Drop the socket as a network failure would; `hold` keeps it down until reconnect().
       dropConnection(hold = false) {

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import importlib
 
-from .base import ERCMethod, MethodConfig, MethodOutput, count_parameters
-from .plugins import TrainingPlugin
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    count_parameters,
+)
+from merc.models.methods.plugins import TrainingPlugin
 
 METHODS: dict[str, str] = {
     "multidag": "merc.models.methods.multidag:MultiDAGMethod",

@@ -69,14 +69,21 @@ Choices where the dissertation is silent or inconsistent:
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, time_window, turn_mask
-from .plugins import TrainingPlugin
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    time_window,
+    turn_mask,
+)
+from merc.models.methods.plugins import TrainingPlugin
 
 
 def _heads(hidden: int, wanted: int) -> int:
@@ -171,7 +178,7 @@ class Ada2I(ERCMethod):
         b, t = speakers.shape
         real = turn_mask(speakers)
         sees = time_window(t, self.config.future_window, speakers.device).unsqueeze(0) & real.unsqueeze(1)
-        heads = self.encoders[MODALITIES[0]].heads
+        heads = cast(_Encoder, self.encoders[MODALITIES[0]]).heads
         attend = torch.zeros(b, t, t, device=speakers.device).masked_fill(~sees, float("-inf"))
         attend = attend.repeat_interleave(heads, dim=0)
         z = {m: self.encoders[m](features.get(m), mask[..., k], attend) for k, m in enumerate(MODALITIES)}
@@ -183,7 +190,8 @@ class Ada2I(ERCMethod):
             feature_loss = feature_loss + loss
         modality_logits, fused = {}, self.amw_bias.expand(b, t, -1)
         for k, m in enumerate(MODALITIES):
-            cosine = self.scale * (F.normalize(z[m], dim=-1) @ F.normalize(self.amw[m].weight, dim=-1).T)
+            weight = cast(nn.Linear, self.amw[m]).weight
+            cosine = self.scale * (F.normalize(z[m], dim=-1) @ F.normalize(weight, dim=-1).T)
             modality_logits[m] = cosine + self.amw_bias / len(MODALITIES)
             fused = fused + cosine * mask[..., k:k + 1]
         logits = self.mlp(fused)
@@ -254,6 +262,8 @@ class OGMGE(TrainingPlugin):
     def after_backward(self, model: ERCMethod, output: MethodOutput, batch: dict) -> None:
         if self.epoch < self.start_epoch:
             return
+        if not isinstance(model, Ada2I):
+            raise TypeError(f"{self.name} modulates an Ada2I model, not {type(model).__name__}")
         coefficients = self.coefficients(output, batch)
         for m, k in coefficients.items():
             scale_gradients(model.encoders[m], k, self.noise)

@@ -65,13 +65,15 @@ Choices where the supplement is silent (or our setting differs):
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput
-from .plugins import TrainingPlugin
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import ERCMethod, MethodConfig, MethodOutput
+from merc.models.methods.plugins import TrainingPlugin
 
 
 class _FCM(nn.Module):
@@ -126,6 +128,7 @@ class _Head(nn.Module):
 class BALM(ERCMethod):
     name = "balm"
     causal = True
+    balance: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, config: MethodConfig) -> None:
         super().__init__(config)
@@ -163,7 +166,7 @@ class BALM(ERCMethod):
     def spatial_loss(self) -> torch.Tensor:
         """L_mod: (1/M) Σ_m |c^m cos(vec W^m_head, vec W_pred)| (the released code's form)."""
         target = self.predict.weight.flatten()
-        cos = torch.stack([F.cosine_similarity(self.heads[m].out.weight.detach().flatten(), target, dim=0)
+        cos = torch.stack([F.cosine_similarity(cast(_Head, self.heads[m]).out.weight.detach().flatten(), target, dim=0)
                            for m in MODALITIES])
         return (self.balance * cos).abs().mean()
 
@@ -227,6 +230,8 @@ class GradientRebalancing(TrainingPlugin):
         return {m: self.rho * (total - d + (n - 1) * self.eps) / (total + n * self.eps) for m, d in delta.items()}
 
     def after_backward(self, model: ERCMethod, output: MethodOutput, batch: dict) -> None:
+        if not isinstance(model, BALM):
+            raise TypeError(f"{self.name} rebalances a BALM model, not {type(model).__name__}")
         mu = self.update(discrepancies(output, batch))
         balance = torch.zeros(len(MODALITIES))
         for k, m in enumerate(MODALITIES):

@@ -2,7 +2,7 @@
 several of them build on (masked modality inputs, the padding mask, window masks).
 
 A method is an `ERCMethod`: `forward(features, mask, speakers) -> MethodOutput` over padded
-dialogues, exactly the batch `merc.models.features.collate` makes:
+dialogues, exactly the batch `merc.models.features.dialogue.collate` makes:
 
 * ``features[m]``: (B, T, dims[m]) for the modalities present in the batch (text, audio, face);
   a modality with no array is absent for every turn;
@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..turns import MODALITIES
+from merc.models.data.turns import MODALITIES
 
 
 @dataclass(frozen=True)

@@ -58,14 +58,21 @@ Choices where the paper is silent or inconsistent:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, per_turn_loss, time_window, turn_mask
-
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    per_turn_loss,
+    time_window,
+    turn_mask,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Pieces DQF shares (they would sit well in base.py / plugins.py)
@@ -83,7 +90,9 @@ class HeadsOutput(MethodOutput):
 def with_head_losses(per_turn: torch.Tensor, output: MethodOutput, labels: torch.Tensor) -> torch.Tensor:
     """`per_turn` plus each extra head's cross-entropy where its mask holds (CMATH's Eq. 22, DQF's
     Eq. 1): a method's `turn_loss`, so that a curriculum weighting turns (SPCL) weights all of it."""
-    for name, logits in getattr(output, "head_logits", {}).items():
+    if not isinstance(output, HeadsOutput):  # no extra heads
+        return per_turn
+    for name, logits in output.head_logits.items():
         per_turn = per_turn + per_turn_loss(logits, labels) * output.head_mask[name]
     return per_turn
 
@@ -178,8 +187,9 @@ class CMABlock(nn.Module):
                 on.append(torch.zeros_like(hc[..., :1], dtype=torch.bool))
                 continue
             visible = allowed[a].any(-1, keepdim=True)  # (B, T, 1): some auxiliary key in reach
-            x = self.cross_norm[a][0](self.drop(self.cross[a](hc, h[a], h[a], allowed[a])) + hc)  # Eq. 9
-            x = self.cross_norm[a][1](self.drop(self.cross_ffn[a](x)) + x)
+            norms = cast(nn.ModuleList, self.cross_norm[a])
+            x = norms[0](self.drop(self.cross[a](hc, h[a], h[a], allowed[a])) + hc)  # Eq. 9
+            x = norms[1](self.drop(self.cross_ffn[a](x)) + x)
             injected = injected + x * visible  # Eq. 11's sum, available auxiliaries only
             sources.append(x)
             on.append(visible)
@@ -244,7 +254,7 @@ class CMATH(ERCMethod):
             h[m] = self.drop(u + context)  # Eq. 8
             allowed[m] = key_masks(window, present[..., k])
         for layer in self.blocks:
-            h = {c: layer[c](c, h, allowed) for c in active}  # Eqs. 13-14
+            h = {c: cast(nn.ModuleDict, layer)[c](c, h, allowed) for c in active}  # Eqs. 13-14
         # variational fusion over the modalities present at each turn (Eqs. 15-17)
         weight = torch.stack([present[..., MODALITIES.index(m)] for m in active], -1).float()  # (B, T, M)
         weight[..., 0] = torch.where(weight.sum(-1) == 0, 1.0, weight[..., 0])  # no modality: text-centred

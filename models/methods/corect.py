@@ -78,13 +78,21 @@ methods); per-modality logits are not produced (CORECT has none).
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import RGCNConv, TransformerConv
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, time_window, turn_mask
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    time_window,
+    turn_mask,
+)
 
 M = len(MODALITIES)
 CROSS = [(a, b) for a in range(M) for b in range(M) if a != b]  # (source, target) modality indices
@@ -115,13 +123,16 @@ def build_graph(exists: torch.Tensor, past: int | None, future: int) -> tuple[to
         cross_rel[a, c] = M + k
     off_diag = ~torch.eye(m, dtype=torch.bool, device=device)
     cb, ct, cs, cd = (exists[..., :, None] & exists[..., None, :] & off_diag).nonzero(as_tuple=True)
-    src.append(node[cb, ct, cs]), dst.append(node[cb, ct, cd]), rel.append(cross_rel[cs, cd])
+    src.append(node[cb, ct, cs])
+    dst.append(node[cb, ct, cd])
+    rel.append(cross_rel[cs, cd])
     # temporal links inside a modality: [i, j] = turn j sends to turn i
     offset = torch.arange(t, device=device)[None, :] - torch.arange(t, device=device)[:, None]  # j - i
     before = (offset < 0) if past is None else (offset < 0) & (offset >= -past)
     window = before | ((offset > 0) & (offset <= future))
     tb, ti, tj, tm = (exists[:, :, None, :] & exists[:, None, :, :] & window[None, :, :, None]).nonzero(as_tuple=True)
-    src.append(node[tb, tj, tm]), dst.append(node[tb, ti, tm])
+    src.append(node[tb, tj, tm])
+    dst.append(node[tb, ti, tm])
     rel.append(torch.where(tj < ti, PAST + tm, FUTURE + tm))
     return torch.stack([torch.cat(src), torch.cat(dst)]), torch.cat(rel)
 
@@ -238,7 +249,7 @@ class CORECT(ERCMethod):
         for a, c in PAIRS:
             for s, t in ((c, a), (a, c)):
                 z, allowed = x[:, :, t], window[None] & present[:, None, :, s]
-                for block in self.pcm[f"{MODALITIES[s]}->{MODALITIES[t]}"]:
+                for block in cast(nn.ModuleList, self.pcm[f"{MODALITIES[s]}->{MODALITIES[t]}"]):
                     z = block(z, x[:, :, s], allowed)
                 out.append(z)
         return torch.cat(out, dim=-1)

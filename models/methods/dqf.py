@@ -57,12 +57,28 @@ Choices where the paper is silent, and simplifications:
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, ModalityInputs, time_window, turn_mask
-from .cmath import HeadsOutput, MaskedAttention, TurnConv, feed_forward, key_masks, with_head_losses
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    ModalityInputs,
+    time_window,
+    turn_mask,
+)
+from merc.models.methods.cmath import (
+    HeadsOutput,
+    MaskedAttention,
+    TurnConv,
+    feed_forward,
+    key_masks,
+    with_head_losses,
+)
 
 PAIRS: tuple[tuple[str, str], ...] = (("text", "audio"), ("text", "face"), ("audio", "face"))
 GRANULARITIES: tuple[str, ...] = (*MODALITIES, *(f"{a}+{b}" for a, b in PAIRS), "+".join(MODALITIES))
@@ -107,8 +123,8 @@ class QUA(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
         q = self.query[None]
-        for update, block in zip(self.updates, self.blocks):
-            q = update_table(update, q)  # the query is updated at each layer ...
+        for update, block in zip(self.updates, self.blocks, strict=True):
+            q = update_table(cast(QueryUpdate, update), q)  # the query is updated at each layer ...
             x = block(x + q[:, positions], allowed)  # ... and added to the block's input
         return x
 
@@ -185,8 +201,9 @@ class DQF(ERCMethod):
         h = {m: self.unimodal[m](torch.where(real[..., None], x[m], 0.0), positions, allowed) for m in MODALITIES}
         for a, bb in PAIRS:
             name = f"{a}+{bb}"
-            q = self.pairs[name][0](self.pair_query[name][None], h[a], h[bb], allowed, positions)
-            for layer in self.pairs[name][1:]:
+            pair = cast(nn.ModuleList, self.pairs[name])
+            q = pair[0](self.pair_query[name][None], h[a], h[bb], allowed, positions)
+            for layer in pair[1:]:
                 q = layer(q, h[a], h[bb], allowed)  # a layer's fused pair is the next layer's query
             h[name] = q
         tokens = torch.stack([*(h[f"{a}+{bb}"] for a, bb in PAIRS), self.cls.expand(b, t, -1)], -2)  # (B, T, 4, d)

@@ -87,14 +87,21 @@ Simplified: no per-modality logits; padding rows get zero logits.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, time_window, turn_mask
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    time_window,
+    turn_mask,
+)
 
 M = len(MODALITIES)
 OTHERS = [[o for o in range(M) if o != k] for k in range(M)]
@@ -158,8 +165,9 @@ def spectrum(adj: torch.Tensor, view: torch.Tensor, vectors: bool = True) -> tup
             continue
         rows = (sizes == size).nonzero().squeeze(-1)
         nodes = flat_view[rows].nonzero()[:, 1].reshape(-1, size)  # (n, s): the view's turns, ascending
-        sub = flat_adj[rows].gather(-2, nodes[..., None].expand(-1, -1, t)).gather(-1, nodes[:, None, :].expand(-1, size, -1))
-        if vectors:
+        sub = (flat_adj[rows].gather(-2, nodes[..., None].expand(-1, -1, t))
+               .gather(-1, nodes[:, None, :].expand(-1, size, -1)))
+        if vec is not None:  # vectors requested
             val, u = torch.linalg.eigh(sub)
             placed = sub.new_zeros(len(rows), t, t)
             placed[..., :size] = placed[..., :size].scatter(-2, nodes[..., None].expand(-1, -1, size), u.flip(-1))
@@ -167,7 +175,7 @@ def spectrum(adj: torch.Tensor, view: torch.Tensor, vectors: bool = True) -> tup
         else:
             val = torch.linalg.eigvalsh(sub)
         lam[rows, :size] = val.flip(-1)
-    return lam.reshape(view.shape), vec.reshape(adj.shape) if vectors else None
+    return lam.reshape(view.shape), vec.reshape(adj.shape) if vec is not None else None
 
 
 def rebuild(vec: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -182,13 +190,13 @@ class StackedMLP(nn.Module):
     def __init__(self, copies: int, sizes: list[int]) -> None:
         super().__init__()
         self.weights = nn.ParameterList(nn.Parameter(torch.randn(copies, a, b) / a ** 0.5)
-                                        for a, b in zip(sizes, sizes[1:]))
+                                        for a, b in itertools.pairwise(sizes))
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(copies, 1, b)) for b in sizes[1:])
 
     def forward(self, x: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(shape[0], -1, shape[-1])
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = torch.baddbmm(b, x, w)
             if i == 0 and first is not None:
                 x = x + first.reshape(x.shape)
@@ -342,6 +350,8 @@ class GSDNet(ERCMethod):
         if needed.any():
             with torch.no_grad():
                 _, vec = spectrum(adj[needed], views[needed])
+            if vec is None:
+                raise RuntimeError("spectrum returned no eigenvectors although they were requested")
             scaled = (lam_hat * nodes[..., None])[needed]
             rebuilt = F.relu(rebuild(vec, scaled)) * pair.expand_as(adj)[needed]  # (n, T, T)
             _, b, v = needed.nonzero(as_tuple=True)

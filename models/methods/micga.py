@@ -78,8 +78,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..turns import MODALITIES
-from .base import ERCMethod, MethodConfig, MethodOutput, time_window, turn_mask
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import (
+    ERCMethod,
+    MethodConfig,
+    MethodOutput,
+    time_window,
+    turn_mask,
+)
 
 M = len(MODALITIES)
 CMA_PAIRS = [("audio", "text"), ("text", "face"), ("face", "audio")]  # Eq. 3.24: a⇄t, t⇄v, v⇄a

@@ -1,5 +1,5 @@
 """MultiDAG (dissertation §2.3, after DAG-ERC) as a seed method: the live tracker's own graph
-(`merc.models.dag.MultiDAG`), wrapped in the common method interface. Causal.
+(`merc.models.dag.graph.MultiDAG`), wrapped in the common method interface. Causal.
 
 Options: ``layers`` (default 2), ``omega`` (1), ``max_predecessors`` (16). MultiDAG+CL is this
 method trained with the `BabyStepCurriculum` plug-in."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dag import DAGConfig, MultiDAG
-from .base import ERCMethod, MethodConfig, MethodOutput
+from merc.models.dag.graph import DAGConfig, MultiDAG
+from merc.models.methods.base import ERCMethod, MethodConfig, MethodOutput
 
 
 class MultiDAGMethod(ERCMethod):

@@ -10,13 +10,13 @@ the loss that is minimised (self-paced weights), and modulate gradients after th
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .. import curriculum
-from ..features import DialogueFeatures
-from .base import ERCMethod, MethodOutput
+from merc.models.features.dialogue import DialogueFeatures
+from merc.models.methods.base import ERCMethod, MethodOutput
+from merc.models.train import curriculum
 
 
 class TrainingPlugin:

@@ -55,9 +55,9 @@ import math
 
 import torch
 
-from ..turns import MODALITIES
-from .base import MethodOutput
-from .plugins import TrainingPlugin
+from merc.models.data.turns import MODALITIES
+from merc.models.methods.base import MethodOutput
+from merc.models.methods.plugins import TrainingPlugin
 
 REGULARIZERS = ("hard", "linear", "logistic")
 

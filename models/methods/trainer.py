@@ -5,18 +5,18 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..features import DialogueFeatures, collate
-from ..labels import LabelSet
-from ..reports import scores
-from .base import ERCMethod, per_turn_loss
-from .plugins import TrainingPlugin
+from merc.models.data.labels import LabelSet
+from merc.models.features.dialogue import DialogueFeatures, collate
+from merc.models.methods.base import ERCMethod
+from merc.models.methods.plugins import TrainingPlugin
+from merc.models.train.reports import scores
 
 log = logging.getLogger(__name__)
 
@@ -132,5 +132,7 @@ def train_method(model: ERCMethod, train: Sequence[DialogueFeatures], valid: Seq
             stale += 1
             if stale >= fit.patience:
                 break
+    if best_state is None:  # no epoch ran
+        raise ValueError(f"training needs at least one epoch, not epochs={fit.epochs}")
     model.load_state_dict(best_state)
     return model.eval(), history

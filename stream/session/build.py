@@ -1,0 +1,182 @@
+"""Assembling a session from its options (stream/session/options.py), shared by merc-live and
+merc-replay so that a replayed recording goes through exactly the components a live session uses.
+
+Only the command line reads arguments (merc.cli.common builds the options); what only it may
+supply comes in as plain inputs: `export_bundle`, which exports a model's ONNX bundle on first use
+(merc.export.build, which the stream must not import), and `warm_up_audio`, real speech to run each
+model on once before the first turn.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from merc.stream.session.options import AsrOptions, SessionOptions, TrackerOptions
+from merc.stream.session.pipeline import TurnProcessor
+from merc.stream.session.seams import Audio, FaceFeaturizer, FaceTimeline, Featurizer, Tracker, Transcriber
+from merc.stream.session.session import Session, hello_body
+from merc.stream.wire.events import EventBus
+
+__all__ = [
+    "BundleExporter", "build_processor", "build_session", "clip", "hello_body", "load_tracker", "load_transcriber",
+    "turn_printer", "warm_up",
+]
+
+log = logging.getLogger(__name__)
+
+BundleExporter = Callable[[Path, "int | None"], Path]
+"""Exports the ONNX bundle of a model directory into the cache (with this many threads for its
+parity check) and returns the bundle's directory."""
+
+
+def load_tracker(options: TrackerOptions, export_bundle: BundleExporter | None = None) -> Tracker:
+    """The tracker `options` ask for: a bundle on ONNX Runtime, or the PyTorch DialogueTracker.
+
+    A model directory is served from its cached bundle; without one, `export_bundle` makes it
+    (without an exporter, that is an error naming the command that does)."""
+    from merc.export.serve.runtime import BundleTracker
+
+    if options.bundle is not None:  # no torch on this path
+        return BundleTracker.load(options.bundle, device=options.device or "auto", precision=options.precision,
+                                  threads=options.threads)
+    from merc.models.paths import default_model_dir
+
+    model_dir = Path(options.model_dir or default_model_dir())
+    if options.engine == "torch":
+        from merc.models.dag.tracker import DialogueTracker
+
+        device = options.device or "cpu"
+        return DialogueTracker.load(model_dir, device=_torch_device(device) if device == "auto" else device)
+    from merc.export.serve.bundle import BundleError, cached_bundle
+
+    bundle = cached_bundle(model_dir)  # torch is imported only when the bundle must be exported
+    if bundle is None:
+        if export_bundle is None:
+            raise BundleError(f"{model_dir}: no exported bundle in the cache (merc-export {model_dir} makes one)")
+        bundle = export_bundle(model_dir, options.threads)
+    return BundleTracker.load(bundle, device=options.device or "auto", precision=options.precision,
+                              threads=options.threads)
+
+
+def load_transcriber(options: AsrOptions) -> Transcriber:
+    from merc.stream.turns.transcribe import FasterWhisperTranscriber, TransformersWhisperTranscriber
+
+    if options.backend == "transformers":
+        return TransformersWhisperTranscriber.load(options.model, device=options.device)
+    return FasterWhisperTranscriber.load(options.model, device=options.device, window=options.window)
+
+
+def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: FaceTimeline | None = None,
+                    warm_up_audio: Audio | None = None) -> TurnProcessor:
+    """Every per-turn component: ASR, voice embedding and speaker clustering, the acoustic and face
+    features the model reads, and the tracker; each model is run once on `warm_up_audio` when given."""
+    from merc.stream.turns.speakers import SpeakerAttributor, SpeakerEmbedder
+
+    started = time.perf_counter()
+    transcriber = load_transcriber(options.asr)
+    embedder = SpeakerEmbedder(device=_torch_device(options.speakers.device))
+    processor = TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
+                              attributor=SpeakerAttributor(max_speakers=options.speakers.max_speakers),
+                              acoustic=_acoustic_featurizer(tracker, transcriber, options.asr),
+                              face_tracker=face_tracker,
+                              face_features=_face_featurizer(tracker) if face_tracker is not None else None)
+    if warm_up_audio is not None:
+        warm_up(processor, warm_up_audio)
+    log.info("pipeline ready in %.1f s (asr %s %s; model reads %s)", time.perf_counter() - started,
+             options.asr.backend, options.asr.model, ", ".join(tracker.modalities))
+    return processor
+
+
+def build_session(options: SessionOptions, bus: EventBus, *, tracker: Tracker | None = None,
+                  export_bundle: BundleExporter | None = None, face_tracker: FaceTimeline | None = None,
+                  warm_up_audio: Audio | None = None) -> Session:
+    """The session `options` describe, publishing on `bus`: the tracker (loaded unless given), the
+    per-turn processor, and through `Session.pipeline`/`Session.serve` the segmenter and server."""
+    if tracker is None:
+        tracker = load_tracker(options.tracker, export_bundle)
+    processor = build_processor(options, tracker, face_tracker, warm_up_audio)
+    return Session(processor, bus, options)
+
+
+def _acoustic_featurizer(tracker: Tracker, transcriber: Transcriber, asr: AsrOptions) -> Featurizer | None:
+    """The audio features the model reads (None for a model that reads no audio): the kind it was
+    trained on (a Whisper kind reuses the ASR's own model), through the bundle's audio expert when
+    it has one."""
+    if "audio" not in tracker.modalities:
+        return None
+    from merc.models.features.audio_features import AcousticFeaturizer
+
+    manifest = getattr(tracker, "manifest", None)
+    kind: str = manifest.raw.get("source", {}).get("audio_features", "egemaps") if manifest is not None \
+        else "egemaps"
+    whisper = getattr(transcriber, "model", None) if kind.startswith("whisper") and asr.backend == "faster-whisper" \
+        else None
+    acoustic: Featurizer = AcousticFeaturizer(kind, whisper_model=whisper)
+    if manifest is not None and "audio" in manifest.experts:  # a multimodal bundle reads the audio expert's
+        from merc.export.serve.expert_runtime import AudioEmotionExpert  # emotion probabilities
+
+        acoustic = AudioEmotionExpert(manifest.file(manifest.experts["audio"]["file"]), acoustic)
+    return acoustic
+
+
+def _face_featurizer(tracker: Tracker) -> FaceFeaturizer:
+    """The face features of a turn: the bundle's face CNN on the tracker's crops when it has one,
+    else the landmark features."""
+    manifest = getattr(tracker, "manifest", None)
+    if manifest is not None and "face" in manifest.experts:
+        from merc.export.serve.expert_runtime import FaceEmotionExpert
+
+        expert = FaceEmotionExpert(manifest.file(manifest.experts["face"]["file"]))
+        return expert.turn_features
+    from merc.models.features.face_features import face_features
+
+    return face_features
+
+
+def warm_up(processor: TurnProcessor, speech: Audio) -> None:
+    """Run each model once on real speech (a few seconds of it), so the first turn of a session
+    does not pay for lazy initialisation: the first voice embedding alone takes a second or more,
+    and noise would not reach the model (Resemblyzer's VAD drops it)."""
+    processor.transcriber.transcribe(speech)
+    if processor.embedder is not None:
+        processor.embedder.embed(speech)
+    if processor.acoustic is not None:
+        processor.acoustic(speech)
+
+
+def _torch_device(requested: str) -> str:
+    """The device for a PyTorch model: the GPU when there is one (or when asked), else the CPU."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def turn_printer(out: TextIO = sys.stdout, as_json: bool = False) -> Callable[[dict[str, Any]], None]:
+    """A bus subscriber printing each event as it lands: a table row per turn, or JSON lines."""
+    import json
+
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps(event, ensure_ascii=False), file=out, flush=True)
+        elif event["type"] == "turn":
+            t = event["timings_ms"]
+            print(f"{event['turn']:>3} {event['t_start']:>7.2f} {event['speaker'] or '?':<4} "
+                  f"{clip(event['text'], 46):<46} {event['label']:<9} {event['confidence']:>4.2f} "
+                  f"{t['total']:>6.0f} {t['total'] - t['segmentation']:>6.0f}", file=out, flush=True)
+        elif event["type"] in ("status", "error"):
+            print(f"    [{event['type']}] {event['message']}", file=out, flush=True)
+
+    if not as_json:
+        print(f"{'#':>3} {'t (s)':>7} {'spk':<4} {'text':<46} {'emotion':<9} {'conf':>4} {'e2e ms':>6} "
+              f"{'proc':>6}", file=out, flush=True)
+    return show

@@ -1,0 +1,183 @@
+"""The live pipeline: audio source -> turn segmenter -> turn processor -> event bus.
+
+Data flows one way. Capture threads (microphone, camera) only fill bounded buffers; one pipeline
+thread reads audio, segments it and processes each finished turn (speech recognition, features,
+speaker, one incremental graph step) and publishes a `turn` event. Live capture and replay run
+this same code: only the audio source differs.
+
+A failure while processing one turn becomes an `error` event and the session goes on with the
+next turn; a camera that disappears only marks the face modality missing.
+
+Collaborators are typed by the Protocols of stream/session/seams.py. Control from clients (see
+session.py): `TurnProcessor.request_reset` forgets the conversation before the next turn, and
+while `Pipeline.paused` is set, audio is still read and segmented (capture never blocks) but the
+turns it completes are dropped.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from merc.stream.session.seams import (
+    Audio,
+    AudioSource,
+    EventSink,
+    FaceFeaturizer,
+    FaceTimeline,
+    Featurizer,
+    SpeakerAssigner,
+    Tracker,
+    Transcriber,
+    Vector,
+    VoiceEmbedder,
+)
+from merc.stream.turns.segmenter import SpeechSegment, TurnSegmenter
+from merc.stream.wire.events import turn_event
+
+__all__ = ["FaceTimeline", "Pipeline", "Tracker", "TurnProcessor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TurnProcessor:
+    """Everything that happens to one finished turn, in order: ASR, features, speaker, graph.
+
+    `acoustic` and `face_tracker` are optional: a modality the model does not read is not computed
+    (it would cost latency for nothing), and without a camera there is no face.
+    """
+
+    tracker: Tracker
+    transcriber: Transcriber
+    embedder: VoiceEmbedder | None = None
+    attributor: SpeakerAssigner | None = None
+    acoustic: Featurizer | None = None
+    face_tracker: FaceTimeline | None = None
+    face_features: FaceFeaturizer | None = None
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    _reset_requested: threading.Event = field(default_factory=threading.Event, init=False, repr=False,
+                                              compare=False)
+
+    def reset(self) -> None:
+        """Forget the conversation now (the tracker's dialogue and the speakers); call it from the
+        thread that processes turns, or when none is running."""
+        self._reset_requested.clear()
+        self.tracker.reset()
+        if self.attributor is not None:
+            self.attributor.reset()
+
+    def request_reset(self) -> None:
+        """Forget the conversation before the next turn (safe from any thread: a turn in progress
+        finishes in the old conversation)."""
+        self._reset_requested.set()
+
+    def process(self, segment: SpeechSegment) -> dict[str, Any]:
+        """The `turn` event body for one segment."""
+        if self._reset_requested.is_set():
+            self.reset()
+        timings = {"segmentation": 1000 * max(0.0, segment.decided_clock - segment.speech_end_clock)}
+        started = self.clock()
+        transcript = self.transcriber.transcribe(segment.audio)
+        text = transcript.text.strip()
+        asr_done = self.clock()
+        timings["asr"] = 1000 * (asr_done - started)
+
+        speaker = None
+        if self.embedder is not None and self.attributor is not None:
+            speaker = self.attributor.assign(self.embedder.embed(segment.audio))
+        speaker_done = self.clock()
+        timings["speaker"] = 1000 * (speaker_done - asr_done)
+
+        extra: dict[str, Vector] = {}
+        available = ["audio"] + (["text"] if text else [])
+        if self.acoustic is not None and "audio" in self.tracker.modalities:
+            extra["audio"] = self.acoustic(segment.audio)
+        if self.face_tracker is not None:
+            observations = self.face_tracker.observations_between(segment.t_start, segment.t_end)
+            if observations:
+                available.append("face")
+                if "face" in self.tracker.modalities and self.face_features is not None:
+                    face = self.face_features(observations)
+                    if face is not None:
+                        extra["face"] = face
+        features_done = self.clock()
+        result = self.tracker.track(speaker, text, extra)
+        done = self.clock()
+        timings["features"] = 1000 * (features_done - speaker_done) + result.timings_ms.get("text_encoder", 0.0)
+        timings["graph"] = result.timings_ms.get("graph", 1000 * (done - features_done))
+        timings["total"] = 1000 * (done - segment.speech_end_clock)
+        speech_end = self.wall() - (self.clock() - segment.speech_end_clock)
+        order = ("text", "audio", "face")
+        body: dict[str, Any] = turn_event(
+            turn=result.index, speaker=speaker, t_start=segment.t_start, t_end=segment.t_end, text=text,
+            label=result.label, confidence=result.confidence, probs=result.probs,
+            modalities=list(result.modalities), available=[m for m in order if m in available], timings_ms=timings,
+            speech_end=speech_end)
+        return body
+
+
+@dataclass
+class Pipeline:
+    """Runs one session: reads the source to its end (or `stop`), publishing events on `bus`.
+
+    `on_audio` sees every chunk as it is read (the recorder's tap).
+    """
+
+    source: AudioSource
+    segmenter: TurnSegmenter
+    processor: TurnProcessor
+    bus: EventSink
+    on_audio: Callable[[Audio], None] | None = None
+    paused: threading.Event = field(default_factory=threading.Event)
+    """While set, turns are segmented but dropped (counted in `skipped`); audio is still read."""
+    turns: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        """Process the stream until it ends; returns after the last turn is published."""
+        self.source.start()
+        try:
+            for chunk in self.source:
+                if self.on_audio is not None:
+                    self.on_audio(chunk.samples)
+                for segment in self.segmenter.feed(chunk):
+                    self._handle(segment)
+                if self._stop.is_set():
+                    break
+            for segment in self.segmenter.flush():
+                self._handle(segment)
+        finally:
+            self.source.stop()
+
+    def _handle(self, segment: SpeechSegment) -> None:
+        if self.paused.is_set():
+            self.skipped += 1
+            return
+        self._turn(segment)
+
+    def stop(self) -> None:
+        """Ask `run` to return after the chunk in hand (safe from any thread)."""
+        self._stop.set()
+        self.source.stop()
+
+    def _turn(self, segment: SpeechSegment) -> None:
+        try:
+            body = self.processor.process(segment)
+        except Exception as err:  # one bad turn must not end the session
+            log.exception("turn at %.2f-%.2f s failed", segment.t_start, segment.t_end)
+            from merc.stream.wire.messages import error  # (the module's import block belongs to the session side)
+
+            # the details stay on this machine (log, self.errors); clients get a code and a fixed message
+            span = f"{segment.t_start:.2f}-{segment.t_end:.2f} s"
+            self.errors.append(f"turn at {span} failed: {type(err).__name__}: {err}")
+            self.bus.publish(error("turn_failed", t_start=segment.t_start, t_end=segment.t_end))
+            return
+        self.turns += 1
+        self.bus.publish(body)

@@ -1,0 +1,1 @@
+"""Turns: cutting speech into turns, transcribing them, and attributing them to speakers."""

@@ -1,0 +1,110 @@
+"""The events the tracker emits, as JSON objects with a version and a sequence number.
+
+    hello   first event on every connection: protocol version, session, model, labels
+    turn    the final result of one turn: speaker, times, text, label, probabilities, modalities
+            used, per-stage timings
+    status  devices and modality availability changed (microphone, camera, face in view)
+    error   something went wrong that the client should know about; the session goes on
+    pong    the answer to a client's ping
+
+Every event carries `"v"` (the protocol version; a client refuses a major version it does not
+know) and `"seq"` (strictly increasing within a session; a reconnecting client asks for the
+events after the last one it saw). Replies to one connection (its `hello`, a `pong`, an `error`
+about its message) carry `"direct": true` and the last published seq, and are not resent.
+The typed definitions are in messages.py; `events.schema.json` is the formal schema, and the
+tests check both it against them and every emitted event against it.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any
+
+from merc.stream.wire.messages import EVENT_TYPES, PROTOCOL_VERSION, Event, Turn, stamp
+
+__all__ = ["EVENT_TYPES", "PROTOCOL_VERSION", "EventBus", "schema", "turn_event"]
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of events (draft 2020-12)."""
+    text = (resources.files("merc.stream.wire") / "events.schema.json").read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def turn_event(*, turn: int, speaker: str | None, t_start: float, t_end: float, text: str, label: str,
+               confidence: float, probs: Mapping[str, float], modalities: list[str], available: list[str],
+               timings_ms: Mapping[str, float], speech_end: float) -> dict[str, Any]:
+    """The body of a `turn` event (`seq`, `v`, `session` are added when it is published): a `Turn`,
+    rounded by `Turn.of`, as JSON members.
+
+    `speech_end` is the wall-clock time (Unix seconds) the turn's speech ended; with the event's
+    `sent` time a client can tell the whole delay, network included.
+    """
+    return Turn.of(turn=turn, speaker=speaker, t_start=t_start, t_end=t_end, text=text, label=label,
+                   confidence=confidence, probs=probs, modalities=modalities, available=available,
+                   timings_ms=timings_ms, speech_end=speech_end).body()
+
+
+class EventBus:
+    """Numbers events, keeps the recent ones for clients that reconnect, and hands each to every
+    subscriber. Thread-safe: the pipeline thread publishes, the server's loop subscribes.
+
+    Subscribers must not block (the server's subscriber only schedules a send on its loop).
+    """
+
+    def __init__(self, session: str, history: int = 10000, clock: Callable[[], float] = time.time) -> None:
+        self.session = session
+        self._history: deque[dict[str, Any]] = deque(maxlen=history)
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._clock = clock
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers are attached (a server adds one, whatever its number of clients)."""
+        with self._lock:
+            return len(self._subscribers)
+
+    def publish(self, body: Event | Mapping[str, Any]) -> dict[str, Any]:
+        """Stamp `body` (v, seq, session, sent; see `messages.stamp`) and deliver it; returns the event."""
+        with self._lock:
+            event = stamp(body, seq=self._seq + 1, session=self.session, sent=self._clock())
+            self._seq += 1
+            self._history.append(event)
+            subscribers = list(self._subscribers)
+        for deliver in subscribers:
+            deliver(event)
+        return event
+
+    def subscribe(self, deliver: Subscriber, since: int | None = None) -> list[dict[str, Any]]:
+        """Add a subscriber; returns the kept events after `since` (for a resuming client), atomically
+        with the subscription so nothing falls between the two."""
+        with self._lock:
+            self._subscribers.append(deliver)
+            return [e for e in self._history if since is not None and e["seq"] > since]
+
+    def history(self, since: int) -> list[dict[str, Any]]:
+        """The kept events with seq > `since`."""
+        with self._lock:
+            return [e for e in self._history if e["seq"] > since]
+
+    def unsubscribe(self, deliver: Subscriber) -> None:
+        with self._lock:
+            if deliver in self._subscribers:
+                self._subscribers.remove(deliver)
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._history)

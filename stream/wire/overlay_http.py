@@ -1,0 +1,76 @@
+"""Serving the browser overlay (clients/overlay/) on the event server's own port.
+
+The overlay is three static files; serving them from the WebSocket port means one address to open
+(or to paste into OBS) and no second server. The websockets server calls `process_request` before
+each handshake: a WebSocket upgrade goes on to the event stream, a GET for an overlay file gets the
+file, anything else a 404.
+"""
+from __future__ import annotations
+
+import http
+from importlib import resources
+from typing import Protocol
+from urllib.parse import urlparse
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+__all__ = ["OVERLAY_FILES", "is_websocket_upgrade", "overlay_response", "overlay_url", "process_request"]
+
+# Request path -> (file in merc.clients' overlay/, content type). Only these are ever served.
+OVERLAY_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/overlay.js": ("overlay.js", "text/javascript; charset=utf-8"),
+    "/overlay.css": ("overlay.css", "text/css; charset=utf-8"),
+}
+
+
+def overlay_response(path: str) -> tuple[int, str, bytes] | None:
+    """(status, content type, body) of the overlay file at request `path` (its query ignored), or
+    None when the path is not one of the overlay's."""
+    entry = OVERLAY_FILES.get(urlparse(path).path)
+    if entry is None:
+        return None
+    name, content_type = entry
+    body = (resources.files("merc.clients") / "overlay" / name).read_bytes()
+    return 200, content_type, body
+
+
+def is_websocket_upgrade(request: Request) -> bool:
+    return "websocket" in request.headers.get("Upgrade", "").lower()
+
+
+def process_request(connection: ServerConnection, request: Request) -> Response | None:
+    """The websockets `process_request` hook: None lets a WebSocket handshake proceed; a plain GET
+    is answered with an overlay file or 404, and the connection closes after it."""
+    if is_websocket_upgrade(request):
+        return None
+    found = overlay_response(request.path)
+    if found is None:
+        return connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the overlay is at /\n")
+    status, content_type, body = found
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                       ("Connection", "close")])
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+class _Bound(Protocol):
+    host: str
+    port: int
+
+
+def overlay_url(server: _Bound, token: str | None = None) -> str:
+    """The address to open the overlay at: a wildcard bind (0.0.0.0, ::) is shown as this machine's
+    host name, which a browser can reach; the token, if any, is passed on."""
+    import socket
+    from urllib.parse import quote
+
+    host = server.host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{server.port}/" + (f"?token={quote(token)}" if token else "")
