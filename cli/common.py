@@ -75,6 +75,15 @@ def add_server_arguments(parser: argparse.ArgumentParser, when: str = "") -> Non
                        help="also accept browser pages from ORIGIN (e.g. https://studio.example:8443; null for "
                             "file:// pages; * for any); repeatable. Default: the server's own origin and clients "
                             "that send none")
+    group.add_argument("--max-connections", type=_positive_int, default=256, metavar="N",
+                       help="at most N WebSocket clients at once; more are refused with HTTP 503 (default: 256)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, serving: bool) -> None:
@@ -157,7 +166,8 @@ def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
     """After `check_server_arguments` (which takes the token from $MERC_TOKEN)."""
-    return ServerOptions(host=args.host, port=args.port, token=args.token, allow_origins=tuple(args.allow_origin))
+    return ServerOptions(host=args.host, port=args.port, token=args.token, allow_origins=tuple(args.allow_origin),
+                         max_connections=args.max_connections)
 
 
 def recording_options(args: argparse.Namespace) -> RecordingOptions:

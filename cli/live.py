@@ -28,7 +28,7 @@ from merc.cli.common import (
     run_command,
     session_options,
 )
-from merc.stream.session.build import turn_printer
+from merc.stream.session.build import printer_sink
 
 if TYPE_CHECKING:
     from merc.stream.capture.audio import AudioSource
@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "pushed over WebSocket (see --port). Without a microphone, replay a recording instead: "
                      "merc-replay."),
         epilog=("Events are JSON objects (hello, turn, status, error) with a version \"v\" and a sequence number "
-                "\"seq\"; their schema is stream/events.schema.json. Stop with Ctrl-C. Exit status: 0 stopped, 2 "
-                "no microphone, bad model or option."),
+                "\"seq\"; their schema is stream/wire/events.schema.json. Stop with Ctrl-C. Exit status: 0 "
+                "stopped, 2 no microphone, bad model or option, 70 internal error (the traceback goes to a log)."),
         formatter_class=HelpFormatter)
     parser.add_argument("--camera", type=parse_camera, default=None, metavar="N|none",
                         help="webcam index for the face modality (default: none, audio only); an unplugged camera "
@@ -110,7 +110,8 @@ def run_session(args: argparse.Namespace, source: AudioSource) -> int:
     """A live session on any audio source (the microphone, or a recording standing in for one in
     tests): camera and face tracking, the pipeline, the server, the recorder, until the source ends,
     --duration passes, Ctrl-C or SIGTERM."""
-    from merc.stream.recordings.recording import RecordingWriter
+    from merc.stream.recordings.recording import EVENTS_FILE, RecordingWriter
+    from merc.stream.session.sinks import QueuedSink, events_file_sink
     from merc.stream.wire.events import EventBus
     from merc.stream.wire.overlay_http import overlay_url
     from merc.stream.wire.overlay_http import process_request as overlay_request
@@ -131,21 +132,28 @@ def run_session(args: argparse.Namespace, source: AudioSource) -> int:
         camera, face_tracker = _start_camera(args.camera, status, source, args.face_model)
     session = open_session(options, bus, tracker=tracker, face_tracker=face_tracker)
     recorder = None
+    # The recording's events file and stdout are written behind bounded queues, each by a thread
+    # of its own (stream/session/sinks.py): a stalled reader or disk never stalls the pipeline
+    # (nor, through it, the microphone); at the end each gets a few seconds to finish.
+    sinks: list[QueuedSink] = []
     if options.recording is not None and options.recording.directory is not None:
         hello = session.hello()
         recorder = RecordingWriter(options.recording.directory, {
             "source": "merc-live", "camera": args.camera, "model": hello["model"], "options": hello["options"]})
-        bus.subscribe(recorder.write_event)
+        sinks.append(events_file_sink(recorder.write_event, recorder.directory / EVENTS_FILE))
+        bus.subscribe(sinks[-1])
     server = session.serve(process_request=overlay_request)
     try:
         url = server.start()
     except Exception:
+        _close_sinks(bus, sinks)
         if recorder is not None:
             recorder.close()
         raise
     print(f"merc-live: listening on {source.name}; overlay on {overlay_url(server, args.token)}; events on {url}; "
           "Ctrl-C stops", file=sys.stderr, flush=True)
-    bus.subscribe(turn_printer(as_json=args.json))
+    sinks.append(printer_sink(as_json=args.json))
+    bus.subscribe(sinks[-1])
     pipeline = session.pipeline(source, on_audio=recorder.write_audio if recorder else None)
     timer = threading.Timer(args.duration, pipeline.stop) if args.duration else None
     if timer is not None:
@@ -166,6 +174,7 @@ def run_session(args: argparse.Namespace, source: AudioSource) -> int:
         if camera is not None:
             camera.stop()
         server.stop()
+        _close_sinks(bus, sinks)
         if recorder is not None:
             recorder.close()
             print(f"merc-live: recorded into {args.record}", file=sys.stderr)
@@ -173,6 +182,13 @@ def run_session(args: argparse.Namespace, source: AudioSource) -> int:
     if overruns:
         print(f"merc-live: the pipeline fell behind: {overruns} audio blocks dropped", file=sys.stderr)
     return 0
+
+
+def _close_sinks(bus, sinks: list) -> None:
+    """Unsubscribe each sink and let it finish what it has queued (a few seconds at most each)."""
+    for sink in sinks:
+        bus.unsubscribe(sink)
+        sink.close()
 
 
 def _start_camera(index: int, status, audio, face_model: Path | None):

@@ -28,7 +28,8 @@ from merc.cli.common import (
     session_options,
 )
 from merc.stream.recordings.recording import REPLAY_EVENTS, example_recording
-from merc.stream.session.build import turn_printer
+from merc.stream.session.build import printer_sink
+from merc.stream.session.sinks import events_file_sink, write_all
 
 
 def parse_speed(value: str) -> float:
@@ -108,30 +109,39 @@ def replay(args: argparse.Namespace) -> int:
     from merc.stream.recordings.replay import replay_session
     from merc.stream.wire.events import EventBus
 
+    # Every input and output is checked before any model loads (that takes seconds): the recording
+    # (manifest, WAV header) and the events file it will write.
     recording = open_recording(args.recording or example_recording())
     out = args.out or default_out(recording.directory)
-    bus = EventBus(session=f"replay-{recording.name}-{uuid.uuid4().hex[:8]}")
-    session = open_session(session_options(args, serving=args.serve), bus)
-    server = None
-    if args.serve:
-        from merc.stream.wire.overlay_http import overlay_url, process_request
-
-        server = session.serve(process_request=process_request)
-        url = server.start()
-        print(f"merc-replay: overlay on {overlay_url(server, args.token)}; events on {url}", file=sys.stderr,
-              flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as events:
-        def write(event: dict) -> None:
-            events.write(json.dumps(event, ensure_ascii=False) + "\n")
-            events.flush()
+    # The file and stdout are written behind bounded queues, each by a thread of its own
+    # (stream/session/sinks.py): a stdout nobody reads (merc-replay --json | sleep 600) only skips
+    # printed events, a stalled disk cannot stall the replay either, and at the end each gets a
+    # few seconds to finish, so the events file of a normal run is complete.
+    with open(out, "wb", buffering=0) as events:  # unbuffered: one write per event, no lock held
+        bus = EventBus(session=f"replay-{recording.name}-{uuid.uuid4().hex[:8]}")
+        session = open_session(session_options(args, serving=args.serve), bus)
+        server = None
+        if args.serve:
+            from merc.stream.wire.overlay_http import overlay_url, process_request
 
-        bus.subscribe(write)
-        bus.subscribe(turn_printer(as_json=args.json))
+            server = session.serve(process_request=process_request)
+            url = server.start()
+            print(f"merc-replay: overlay on {overlay_url(server, args.token)}; events on {url}", file=sys.stderr,
+                  flush=True)
+
+        def write(event: dict) -> None:
+            write_all(events.fileno(), (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8"))
+
+        writer = events_file_sink(write, out)
+        printer = printer_sink(as_json=args.json)
+        bus.subscribe(writer)
+        bus.subscribe(printer)
         result = None
         try:
             result = replay_session(recording, session, _speed(args))
             if server is not None:
+                writer.flush()
                 print("merc-replay: replay done; still serving, Ctrl-C stops", file=sys.stderr, flush=True)
                 while True:  # timed sleeps, not one endless wait: when the kernel hands Ctrl-C to
                     time.sleep(0.5)  # another thread, this thread must wake to raise KeyboardInterrupt
@@ -141,6 +151,9 @@ def replay(args: argparse.Namespace) -> int:
         finally:
             if server is not None:
                 server.stop()
+            for sink in (writer, printer):
+                bus.unsubscribe(sink)
+                sink.close()
     print(f"{result.turns} turns from {result.audio_seconds:.1f} s of audio in {result.wall_seconds:.1f} s "
           f"({result.speed:.1f}x real time); events in {out}", file=sys.stderr)
     for problem in result.problems:

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
             "emotions are the corpus labels of the text."),
         epilog=("Needs the espeak-ng program (Debian package espeak-ng). Output is deterministic given --seed, the "
                 "dialogue and the espeak-ng version. Exit status: 0 written, 2 bad input (dialogues, ids, options, "
-                "existing output) or espeak-ng missing or failing."),
+                "existing output) or espeak-ng missing or failing, 70 internal error (traceback in a log)."),
         formatter_class=HelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--corpus", choices=CORPORA, help="read the dialogues of this corpus (see --data-dir, --split)")

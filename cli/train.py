@@ -81,16 +81,17 @@ def _eval_replay(args: argparse.Namespace) -> int:
     """merc-eval --replay DIR: torch-free, reads only the recording's files."""
     import json
 
-    from merc.stream.recordings.recording import (
-        open_recording,
-        read_gold,
-        read_jsonl,
+    from merc.stream.recordings.recording import open_recording, read_gold
+    from merc.stream.recordings.scoring import (
+        find_events,
+        format_scores,
+        read_events,
+        score_replay,
     )
-    from merc.stream.recordings.scoring import find_events, format_scores, score_replay
 
     recording = open_recording(args.replay)
     events_path = args.events or find_events(recording.directory)
-    scores = score_replay(read_gold(recording), read_jsonl(events_path, ("type",)))
+    scores = score_replay(read_gold(recording), read_events(events_path))
     if args.json:
         print(json.dumps({"recording": str(recording.directory), "events": str(events_path), **scores.as_dict()}))
     else:

@@ -30,3 +30,27 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def contained_file(directory: Path, name: object, links: bool = False) -> Path | None:
+    """`directory / name` when `name` is a relative path (a plain file name, normally) that stays
+    inside `directory` once resolved: no "..", no absolute path, no symbolic link leading out. With
+    `links`, the file itself may be a symbolic link (a bundle cloned by linking its files: the
+    directory's owner put it there); the path leading to it may not. Else None.
+
+    Manifests name the files beside them; a manifest from elsewhere must not make us read, or
+    checksum, files outside its directory."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return None
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        return None
+    path = directory / relative
+    try:
+        root = directory.resolve()
+        resolved = path.parent.resolve() / path.name if links else path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unrepresentable name
+        return None
+    if resolved == root or not resolved.is_relative_to(root):
+        return None
+    return path

@@ -75,3 +75,35 @@ def test_commands_report_a_user_error_in_one_line_with_status_2(argv, expected, 
     lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{argv[0]}: error:")]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_internal_error_is_one_line_status_70_and_a_log_with_the_traceback(tmp_path, monkeypatch, capsys):
+    from merc.cli.exits import INTERNAL, guarded
+
+    monkeypatch.setenv("MERC_CACHE", str(tmp_path / "cache"))
+
+    def broken() -> int:
+        return {}["no such key"]  # a bug, not the user's input
+
+    assert guarded("merc-test", broken) == INTERNAL == 70
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("merc-test: internal error (KeyError)")
+    logs = list((tmp_path / "cache" / "logs").glob("merc-test-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err
+    assert "Traceback" in logs[0].read_text() and "no such key" in logs[0].read_text()
+
+
+def test_user_errors_and_interrupts_keep_their_statuses(capsys):
+    from merc.cli.exits import INTERRUPTED, USAGE, guarded
+    from merc.models.data.corpora import CorpusError
+
+    def bad_input() -> int:
+        raise CorpusError("dialogues.jsonl:3: no utterances")
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    assert guarded("merc-test", bad_input) == USAGE
+    assert capsys.readouterr().err == "merc-test: error: dialogues.jsonl:3: no utterances\n"
+    assert guarded("merc-test", interrupted) == INTERRUPTED
+    assert guarded("merc-test", lambda: 0) == 0

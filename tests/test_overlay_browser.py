@@ -83,15 +83,25 @@ class Served:
                                            speech_end=time.time()))
 
 
+def wait_for(page, expression: str, timeout: float) -> None:
+    """Poll `expression` in the page until it is true. Not page.wait_for_function: that compiles its
+    predicate with eval, which the overlay's Content-Security-Policy (script-src 'self') forbids."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout / 1000:.0f} s: {expression}")
+        time.sleep(0.05)
+
+
 def open_overlay(browser, served: Served, query: str = ""):
     page = browser.new_page(viewport={"width": 900, "height": 600})
     page.goto(served.server.http_url + query)
-    page.wait_for_function("window.mercOverlay && mercOverlay.state === 'live'", timeout=WAIT_MS)
+    wait_for(page, "window.mercOverlay && mercOverlay.state === 'live'", timeout=WAIT_MS)
     return page
 
 
 def wait_caught_up(page, served: Served) -> None:
-    page.wait_for_function(f"mercOverlay.lastSeq >= {served.bus.last_seq}", timeout=WAIT_MS)
+    wait_for(page, f"mercOverlay.lastSeq >= {served.bus.last_seq}", timeout=WAIT_MS)
 
 
 def screenshot(page, name: str, transparent: bool = False) -> None:
@@ -161,13 +171,13 @@ def test_the_device_panel_follows_status_events(replayed):
     served.bus.publish({"type": "status", "devices": {"microphone": True, "camera": False, "face": False},
                         "message": "camera 0: unplugged"})
     camera = page.locator('#devices [data-device="camera"]')
-    page.wait_for_function("mercOverlay.devices.camera === false", timeout=WAIT_MS)
+    wait_for(page, "mercOverlay.devices.camera === false", timeout=WAIT_MS)
     assert camera.get_attribute("data-on") == "false"
     assert page.locator('#devices [data-device="microphone"]').get_attribute("data-on") == "true"
     assert "line-through" in camera.evaluate("e => getComputedStyle(e).textDecorationLine")
     served.bus.publish({"type": "status", "devices": {"microphone": True, "camera": True, "face": True},
                         "message": "face in view"})
-    page.wait_for_function("mercOverlay.devices.face === true", timeout=WAIT_MS)
+    wait_for(page, "mercOverlay.devices.face === true", timeout=WAIT_MS)
     assert camera.get_attribute("data-on") == "true"
 
 
@@ -180,7 +190,7 @@ def test_a_dropped_connection_resumes_without_duplicates_or_gaps(browser):
         page = open_overlay(browser, served)
         wait_caught_up(page, served)
         page.evaluate("mercOverlay.dropConnection(true)")
-        page.wait_for_function("mercOverlay.state === 'reconnecting'", timeout=WAIT_MS)
+        wait_for(page, "mercOverlay.state === 'reconnecting'", timeout=WAIT_MS)
         seen = page.evaluate("mercOverlay.lastSeq")
         for i in range(3):
             served.publish_turn(f"while down {i}")
@@ -199,7 +209,7 @@ def test_a_dropped_connection_resumes_without_duplicates_or_gaps(browser):
         publisher = threading.Thread(target=publish_meanwhile)
         publisher.start()
         page.evaluate("mercOverlay.reconnect()")
-        page.wait_for_function("mercOverlay.state === 'live' && mercOverlay.connections === 2", timeout=WAIT_MS)
+        wait_for(page, "mercOverlay.state === 'live' && mercOverlay.connections === 2", timeout=WAIT_MS)
         time.sleep(0.2)
         stop.set()
         publisher.join()
@@ -223,10 +233,10 @@ def test_a_restarted_server_is_rejoined_automatically(browser):
         wait_caught_up(page, served)
         port = served.server.port
         served.server.stop()
-        page.wait_for_function("mercOverlay.state === 'reconnecting'", timeout=WAIT_MS)
+        wait_for(page, "mercOverlay.state === 'reconnecting'", timeout=WAIT_MS)
         served.publish_turn("published while the server was down")
         served = Served("overlay-restart", port=port, bus=served.bus)
-        page.wait_for_function("mercOverlay.connections === 2 && mercOverlay.state === 'live'", timeout=WAIT_MS)
+        wait_for(page, "mercOverlay.connections === 2 && mercOverlay.state === 'live'", timeout=WAIT_MS)
         wait_caught_up(page, served)
         assert [t["text"] for t in page.evaluate("mercOverlay.turns")] == [
             "first", "published while the server was down"]
@@ -234,7 +244,7 @@ def test_a_restarted_server_is_rejoined_automatically(browser):
         served.server.stop()
         served = Served("overlay-restart-2", port=port)  # a new session numbers from 1 again
         served.publish_turn("new session", label="sadness")
-        page.wait_for_function("mercOverlay.turns.length === 1 && mercOverlay.turns[0].text === 'new session'",
+        wait_for(page, "mercOverlay.turns.length === 1 && mercOverlay.turns[0].text === 'new session'",
                                timeout=WAIT_MS)
         assert page.locator("#turns .turn").all_inner_texts()[0].endswith("new session")
         page.close()
@@ -259,7 +269,7 @@ def test_transparent_and_compact_modes_and_the_token(replayed, browser):
     compact = browser.new_page(viewport={"width": 900, "height": 400})
     compact.on("websocket", lambda ws: sockets.append(ws.url))
     compact.goto(served.server.http_url + "?compact=1&transparent=1&token=s3cret")
-    compact.wait_for_function("window.mercOverlay && mercOverlay.state === 'live'", timeout=WAIT_MS)
+    wait_for(compact, "window.mercOverlay && mercOverlay.state === 'live'", timeout=WAIT_MS)
     wait_caught_up(compact, served)
     rows = compact.locator("#turns .turn")
     assert rows.count() == 3 < len(served.turns())
@@ -281,7 +291,7 @@ def test_a_server_of_another_major_version_is_shown_as_incompatible(browser, mon
     try:
         page = browser.new_page(viewport={"width": 900, "height": 600})
         page.goto(served.server.http_url)
-        page.wait_for_function("window.mercOverlay && mercOverlay.state === 'incompatible'", timeout=WAIT_MS)
+        wait_for(page, "window.mercOverlay && mercOverlay.state === 'incompatible'", timeout=WAIT_MS)
         assert page.evaluate("mercOverlay.supportedMajor") == 1 and page.evaluate("mercOverlay.version") is None
         assert "server speaks protocol v2, overlay v1" in page.locator("#connection-text").inner_text()
         notice = page.locator("#notice")

@@ -57,8 +57,8 @@ def test_a_full_queue_drops_the_oldest_partials_never_turns_then_gives_up():
 def test_a_resume_is_sent_first_replaces_the_previous_one_and_never_repeats_a_seq():
     queue = ClientQueue(2)
     queue.push(Outgoing.of(event(5, "turn")))
-    queue.resume([event(s, "turn") for s in range(1, 6)])
-    queue.resume([event(s, "turn") for s in range(3, 6)])  # the latest since wins
+    queue.resume([Outgoing.of(event(s, "turn")) for s in range(1, 6)])
+    queue.resume([Outgoing.of(event(s, "turn")) for s in range(3, 6)])  # the latest since wins
     assert len(queue) == 4  # the backlog is not held against the capacity
     assert [queue.pop().seq for _ in range(3)] == [3, 4, 5] and queue.pop() is None  # live 5 already sent
     assert json.loads(Outgoing.of(event(9, "turn")).text) == event(9, "turn")

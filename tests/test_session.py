@@ -139,9 +139,10 @@ def test_options_are_frozen_json_and_never_carry_the_token_or_a_path(tmp_path):
                                "threads": 2, "device": "cpu"}
     assert data["asr"] == {"backend": "faster-whisper", "model": "whisper-small-ct2", "device": "cpu",
                            "window": "turn"}
-    assert data["speakers"] == {"max_speakers": 3, "device": "cpu"}
+    assert data["speakers"] == {"max_speakers": 3, "max_clusters": 32, "device": "cpu"}
     assert data["segmenter"]["min_silence"] == 0.4
-    assert data["server"] == {"host": "0.0.0.0", "port": 9000, "allow_origins": ["https://a.example"]}
+    assert data["server"] == {"host": "0.0.0.0", "port": 9000, "allow_origins": ["https://a.example"],
+                              "max_connections": 256}
     assert data["recording"] == {"directory": "rec"}
     assert SessionOptions().to_dict()["server"] is None and SessionOptions().to_dict()["asr"]["model"] == "tiny.en"
     with pytest.raises(dataclasses.FrozenInstanceError):

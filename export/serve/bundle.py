@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from merc.models.data.turns import turn_inputs
 from merc.models.errors import MercError
-from merc.models.paths import cache_dir, sha256_file
+from merc.models.paths import cache_dir, contained_file, sha256_file
 
 if TYPE_CHECKING:  # numpy is imported where it is used, to keep importing this module light
     import numpy as np
@@ -66,7 +66,11 @@ class Manifest:
         return self.path.parent
 
     def file(self, name: str) -> Path:
-        return self.bundle_dir / name
+        """A file the manifest names, which must stay inside the bundle directory."""
+        path = contained_file(self.bundle_dir, name, links=True)
+        if path is None:
+            raise BundleError(f"{self.path}: file name {_clip(name)} is not a file inside the bundle directory")
+        return path
 
     @property
     def experts(self) -> dict[str, dict]:
@@ -98,42 +102,94 @@ def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
         raise BundleError(f"{path}: not found; is {bundle_dir} a bundle written by merc-export?")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
         raise BundleError(f"{path}: not valid JSON: {err}") from err
+    except RecursionError:
+        raise BundleError(f"{path}: not valid JSON: nested too deeply") from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read: {err.strerror or err}") from err
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BundleError(f"{path}: not a {FORMAT} manifest")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format version {raw.get('format_version')!r}, this merc reads {FORMAT_VERSION}; "
-                          "re-export the bundle with this version's merc-export")
+    if raw.get("format_version") != FORMAT_VERSION or isinstance(raw.get("format_version"), bool):
+        raise BundleError(f"{path}: format version {_clip(raw.get('format_version'))}, this merc reads "
+                          f"{FORMAT_VERSION}; re-export the bundle with this version's merc-export")
     try:
-        dag = raw["dag"]
+        dag, encoder, files = _object(raw, "dag"), _object(raw, "encoder"), _object(raw, "files")
+        dims = _object(dag, "dims")
+        labels = raw["labels"]
+        if not isinstance(labels, list) or not all(isinstance(label, str) and label for label in labels):
+            raise TypeError("'labels' (a list of names)")
+        if len(set(labels)) != len(labels):
+            raise TypeError("'labels' (names must be distinct)")
+        if not isinstance(raw["label_set"], str):
+            raise TypeError("'label_set' (a name)")
         manifest = Manifest(
-            path=path, labels=tuple(raw["labels"]), label_set=str(raw["label_set"]),
-            dims={m: int(dag["dims"][m]) for m in ("text", "audio", "face")}, hidden=int(dag["hidden"]),
-            layers=int(dag["layers"]), omega=int(dag["omega"]), max_predecessors=int(dag["max_predecessors"]),
-            encoder=dict(raw["encoder"]), files=dict(raw["files"]), raw=raw)
-        encoder = manifest.encoder
-        int(encoder["context_turns"]), int(encoder["max_length"]), int(encoder["dim"])
-        dict(encoder["files"])
-    except (KeyError, TypeError, ValueError) as err:
+            path=path, labels=tuple(labels), label_set=raw["label_set"],
+            dims={m: _count(dims, m) for m in ("text", "audio", "face")}, hidden=_count(dag, "hidden", 1),
+            layers=_count(dag, "layers", 1), omega=_count(dag, "omega"),
+            max_predecessors=_count(dag, "max_predecessors"), encoder=encoder, files=files, raw=raw)
+        _count(encoder, "context_turns"), _count(encoder, "max_length", 1), _count(encoder, "dim", 1)
+        variants = _object(encoder, "files")
+        if not isinstance(encoder.get("tokenizer", TOKENIZER_FILE), str):
+            raise TypeError("'tokenizer' (a file name)")
+        for table, what in ((files, "files"), (variants, "encoder files")):
+            if not all(isinstance(value, str) for value in table.values()):
+                raise TypeError(f"'{what}' (strings)")
+        source = raw.get("source", {})
+        if not isinstance(source, dict) or not isinstance(source.get("experts", {}), dict):
+            raise TypeError("'source' (an object with an 'experts' object)")
+        if not isinstance(source.get("audio_features", ""), str):
+            raise TypeError("'source.audio_features' (a name)")
+        modalities = source.get("modalities", ["text"])
+        if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+            raise TypeError("'source.modalities' (a list of names)")
+        experts = source.get("experts", {})
+        if not all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in experts.values()):
+            raise TypeError("'source.experts' (each an object naming its 'file')")
+    except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: malformed manifest: missing or bad field {err}") from err
     if len(manifest.labels) < 2:
         raise BundleError(f"{path}: needs at least 2 labels, has {len(manifest.labels)}")
     if manifest.encoder["dim"] != manifest.dims["text"]:
         raise BundleError(f"{path}: text encoder dim {manifest.encoder['dim']} but the DAG reads text of dim "
                           f"{manifest.dims['text']}")
+    for name in [*manifest.files, *variants.values(), *(e["file"] for e in experts.values())]:
+        manifest.file(name)  # every name stays inside the bundle directory
     needed = [DAG_FILE, manifest.encoder.get("tokenizer", TOKENIZER_FILE), *manifest.encoder["files"].values()]
     for name in needed:
         if name not in manifest.files:
             raise BundleError(f"{path}: {name} has no checksum in the manifest")
     for name, digest in manifest.files.items():
-        file = bundle_dir / name
+        file = manifest.file(name)
         if not file.is_file():
             raise BundleError(f"{file}: listed in {path} but missing")
         if verify and sha256_file(file) != digest:
             raise BundleError(f"{file}: sha256 does not match {path} (corrupt, truncated or replaced); "
                               "re-export the bundle")
     return manifest
+
+
+def _object(table: dict, key: str) -> dict:
+    value = table[key]
+    if not isinstance(value, dict):
+        raise TypeError(f"{key!r} (an object)")
+    return value
+
+
+def _count(table: dict, key: str, least: int = 0) -> int:
+    """An integer field of at least `least`; TypeError naming it otherwise."""
+    value = table[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise TypeError(f"{key!r} (an integer of at least {least})")
+    return value
+
+
+def _clip(value: object, width: int = 60) -> str:
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 class TurnTokenizer:

@@ -35,6 +35,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -100,7 +101,10 @@ def _read_text(path: Path) -> str:
     """Whole file as str; invalid UTF-8 is reported with its line number rather than mangled."""
     if not path.is_file():
         raise CorpusError(f"{path}: file not found")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read: {e.strerror or e}") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -198,8 +202,14 @@ def _optional_seconds(u: dict[str, Any], key: str, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CorpusError(f"{where}: {key!r} must be a number of seconds, got {value!r}")
-    return float(value)
+        raise CorpusError(f"{where}: {key!r} must be a number of seconds, got {value!r}"[:300])
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise CorpusError(f"{where}: {key!r} must be a finite number of seconds")
+    return seconds
 
 
 def _json_utterance(u: Any, label_set: LabelSet | None, where: str) -> Utterance:
@@ -238,6 +248,10 @@ def load_dialogues_jsonl(path: Path, label_set: LabelSet | None, split: str | No
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise CorpusError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:  # an integer of over 4300 digits
+            raise CorpusError(f"{where}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise CorpusError(f"{where}: invalid JSON (nested too deeply)") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{where}: expected a JSON object (one dialogue per line)")
         missing = [k for k in ("dialogue_id", "utterances") if k not in obj]
@@ -261,6 +275,8 @@ def load_dialogues_jsonl(path: Path, label_set: LabelSet | None, split: str | No
         parsed = tuple(_json_utterance(u, label_set, f"{where} utterance {i}") for i, u in enumerate(utts))
         if split is None or d_split in (None, split):
             dialogues.append(Dialogue(did, parsed, d_split))
+    if not seen:
+        raise CorpusError(f"{path}: no dialogues (the file is empty); expected one JSON object per line")
     return dialogues
 
 

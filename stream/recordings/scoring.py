@@ -114,6 +114,18 @@ def find_events(directory: Path) -> Path:
     raise RecordingError(f"{directory}: no {REPLAY_EVENTS} or {EVENTS_FILE}; run merc-replay {directory} first")
 
 
+def read_events(path: Path) -> list[dict]:
+    """The events of a replay or session (JSONL), each `turn` checked for what scoring reads
+    (t_start, t_end, text, label, speaker); a RecordingError names the file and line otherwise."""
+    from merc.stream.recordings.recording import check_span, read_jsonl_lines
+
+    rows = read_jsonl_lines(path, ("type",))
+    for number, row in rows:
+        if row["type"] == "turn":
+            check_span(row, f"{path}:{number}", ("text", "label"), ("speaker",))
+    return [row for _, row in rows]
+
+
 def format_scores(scores: ReplayScores) -> str:
     emo = ("-" if scores.emotion_weighted_f1 is None or scores.emotion_accuracy is None else
            f"{100 * scores.emotion_weighted_f1:.1f} (accuracy {100 * scores.emotion_accuracy:.1f}, "

@@ -19,11 +19,12 @@ from merc.stream.session.options import AsrOptions, SessionOptions, TrackerOptio
 from merc.stream.session.pipeline import TurnProcessor
 from merc.stream.session.seams import Audio, FaceFeaturizer, FaceTimeline, Featurizer, Tracker, Transcriber
 from merc.stream.session.session import Session, hello_body
+from merc.stream.session.sinks import PRINTER_CAPACITY, QueuedSink, stream_writer
 from merc.stream.wire.events import EventBus
 
 __all__ = [
-    "BundleExporter", "build_processor", "build_session", "clip", "hello_body", "load_tracker", "load_transcriber",
-    "turn_printer", "warm_up",
+    "TABLE_HEADER", "BundleExporter", "build_processor", "build_session", "clip", "format_event", "hello_body",
+    "load_tracker", "load_transcriber", "printer_sink", "turn_printer", "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: Fac
     transcriber = load_transcriber(options.asr)
     embedder = SpeakerEmbedder(device=_torch_device(options.speakers.device))
     processor = TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
-                              attributor=SpeakerAttributor(max_speakers=options.speakers.max_speakers),
+                              attributor=SpeakerAttributor(max_speakers=options.speakers.max_speakers,
+                                                           max_clusters=options.speakers.max_clusters),
                               acoustic=_acoustic_featurizer(tracker, transcriber, options.asr),
                               face_tracker=face_tracker,
                               face_features=_face_featurizer(tracker) if face_tracker is not None else None)
@@ -161,22 +163,62 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def turn_printer(out: TextIO = sys.stdout, as_json: bool = False) -> Callable[[dict[str, Any]], None]:
-    """A bus subscriber printing each event as it lands: a table row per turn, or JSON lines."""
+TABLE_HEADER = (f"{'#':>3} {'t (s)':>7} {'spk':<4} {'text':<46} {'emotion':<9} {'conf':>4} {'e2e ms':>6} "
+                f"{'proc':>6}\n")
+"""The table's header line (for `format_event` rows)."""
+
+
+def format_event(event: dict[str, Any], as_json: bool = False) -> str | None:
+    """The line printed for an event (newline included): its JSON, or a table row for a turn, a
+    bracketed line for a status or an error; None for an event the table leaves out."""
     import json
 
+    if as_json:
+        return json.dumps(event, ensure_ascii=False) + "\n"
+    if event["type"] == "turn":
+        t = event["timings_ms"]
+        return (f"{event['turn']:>3} {event['t_start']:>7.2f} {event['speaker'] or '?':<4} "
+                f"{clip(event['text'], 46):<46} {event['label']:<9} {event['confidence']:>4.2f} "
+                f"{t['total']:>6.0f} {t['total'] - t['segmentation']:>6.0f}\n")
+    if event["type"] in ("status", "error"):
+        return f"    [{event['type']}] {event['message']}\n"
+    return None
+
+
+def turn_printer(out: TextIO = sys.stdout, as_json: bool = False) -> Callable[[dict[str, Any]], None]:
+    """A bus subscriber printing each event as it lands (on the publisher's thread: it blocks while
+    `out` does; the commands use `printer_sink`): a table row per turn, or JSON lines."""
+
     def show(event: dict[str, Any]) -> None:
-        if as_json:
-            print(json.dumps(event, ensure_ascii=False), file=out, flush=True)
-        elif event["type"] == "turn":
-            t = event["timings_ms"]
-            print(f"{event['turn']:>3} {event['t_start']:>7.2f} {event['speaker'] or '?':<4} "
-                  f"{clip(event['text'], 46):<46} {event['label']:<9} {event['confidence']:>4.2f} "
-                  f"{t['total']:>6.0f} {t['total'] - t['segmentation']:>6.0f}", file=out, flush=True)
-        elif event["type"] in ("status", "error"):
-            print(f"    [{event['type']}] {event['message']}", file=out, flush=True)
+        line = format_event(event, as_json)
+        if line is not None:
+            out.write(line)
+            out.flush()
 
     if not as_json:
-        print(f"{'#':>3} {'t (s)':>7} {'spk':<4} {'text':<46} {'emotion':<9} {'conf':>4} {'e2e ms':>6} "
-              f"{'proc':>6}", file=out, flush=True)
+        out.write(TABLE_HEADER)
+        out.flush()
     return show
+
+
+def printer_sink(out: TextIO | None = None, as_json: bool = False, *, capacity: int = PRINTER_CAPACITY,
+                 report: Callable[[str], None] | None = None) -> QueuedSink[dict[str, Any] | str]:
+    """`turn_printer` behind a bounded queue (stream/session/sinks.py), for `bus.subscribe`: the
+    bus never waits for `out` (default: stdout). A reader that does not keep up is skipped: events
+    that find `capacity` others waiting are not printed (reported once, and counted at `close`).
+    Call `close` at the end of the run."""
+    out = sys.stdout if out is None else out
+    write = stream_writer(out)
+
+    def show(item: dict[str, Any] | str) -> None:
+        line = item if isinstance(item, str) else format_event(item, as_json)
+        if line is not None:
+            write(line)
+
+    name = getattr(out, "name", "the output")
+    name = "stdout" if out is sys.stdout else f"file descriptor {name}" if isinstance(name, int) else str(name)
+    sink: QueuedSink[dict[str, Any] | str] = QueuedSink(show, name=name, capacity=capacity,
+                                                       stalled="is not being read", lost="skipped", report=report)
+    if not as_json:
+        sink(TABLE_HEADER)  # through the queue too: even the header must not block the caller
+    return sink

@@ -90,6 +90,9 @@ class SpeakerOptions:
 
     max_speakers: int | None = None
     """A hint: never more speaker labels than this (None: discovered as they talk)."""
+    max_clusters: int = 32  # = merc.stream.turns.speakers.DEFAULT_MAX_CLUSTERS (not imported: numpy)
+    """Without `max_speakers`, never more speakers than this in a session (a bound on memory, not a
+    hint): at the cap, a voice that matches no speaker is unknown (stream/turns/speakers.py)."""
     device: str = "auto"
     """The voice encoder's device: auto (the GPU when there is one), cpu or cuda."""
 
@@ -107,6 +110,8 @@ class ServerOptions:
     token: str | None = field(default=None, repr=False)
     """What clients must present; never echoed (not in `to_dict`, not in repr)."""
     allow_origins: tuple[str, ...] = ()
+    max_connections: int = 256
+    """Open WebSocket connections at most (beyond: HTTP 503 at the handshake)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = options_dict(self)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +39,12 @@ from merc.stream.session.seams import (
 from merc.stream.turns.segmenter import SpeechSegment, TurnSegmenter
 from merc.stream.wire.events import turn_event
 
-__all__ = ["FaceTimeline", "Pipeline", "Tracker", "TurnProcessor"]
+__all__ = ["ERRORS_KEPT", "FaceTimeline", "Pipeline", "Tracker", "TurnProcessor"]
 
 log = logging.getLogger(__name__)
+
+ERRORS_KEPT = 100
+"""How many failed turns' details a pipeline keeps (the latest; `Pipeline.error_count` counts all)."""
 
 
 @dataclass
@@ -125,7 +129,8 @@ class TurnProcessor:
 class Pipeline:
     """Runs one session: reads the source to its end (or `stop`), publishing events on `bus`.
 
-    `on_audio` sees every chunk as it is read (the recorder's tap).
+    `on_audio` sees every chunk as it is read (the recorder's tap). What a session accumulates is
+    bounded however long it runs: counters, and the details of the latest ERRORS_KEPT failed turns.
     """
 
     source: AudioSource
@@ -137,7 +142,10 @@ class Pipeline:
     """While set, turns are segmented but dropped (counted in `skipped`); audio is still read."""
     turns: int = 0
     skipped: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
+    """What went wrong with the latest failed turns (oldest first; at most ERRORS_KEPT)."""
+    error_count: int = 0
+    """How many turns failed in all."""
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -177,6 +185,7 @@ class Pipeline:
             # the details stay on this machine (log, self.errors); clients get a code and a fixed message
             span = f"{segment.t_start:.2f}-{segment.t_end:.2f} s"
             self.errors.append(f"turn at {span} failed: {type(err).__name__}: {err}")
+            self.error_count += 1
             self.bus.publish(error("turn_failed", t_start=segment.t_start, t_end=segment.t_end))
             return
         self.turns += 1

@@ -71,7 +71,8 @@ class Session:
         if server is None:
             raise ValueError("this session has no server options")
         return EventServer(self.bus, self.hello(), host=server.host, port=server.port, token=server.token,
-                           allow_origins=server.allow_origins, on_control=self.control,
+                           allow_origins=server.allow_origins, max_connections=server.max_connections,
+                           on_control=self.control,
                            process_request=process_request)
 
     def control(self, action: str) -> str | None:

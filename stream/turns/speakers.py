@@ -8,6 +8,7 @@ than risking a wrong edge in the dialogue graph.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,12 @@ DEFAULT_MARGIN = 0.02
 DEFAULT_FACE_BONUS = 0.1
 FACE_MIN_TURNS = 2
 FACE_CONSISTENCY = 0.8
+# Without the --speakers hint, a session never has more speakers than this: a conversation has a
+# handful, and a source of ever-new voices (hours of broadcast, noise) must not grow the state
+# without end. At the cap a turn that matches no speaker is unknown (see SpeakerAttributor).
+DEFAULT_MAX_CLUSTERS = 32
+# The face tracks whose votes are kept (the most recently seen; a long session sees many tracks).
+FACE_TRACKS_KEPT = 64
 
 
 class SpeakerEmbedder:
@@ -109,6 +116,14 @@ class SpeakerAttributor:
     ambiguous: the two best clusters are within `margin` of each other and the best would be
     joined. Unknown turns leave the clusters unchanged.
 
+    Without `max_speakers` the number of clusters is still capped, at `max_clusters` (a safety
+    bound, not a hint): once that many exist, a turn that would start a new speaker is unknown
+    instead (and changes nothing). It is not forced into the nearest cluster, which would make a
+    wrong edge and drag that speaker's centroid, and no clusters are merged or evicted, which
+    would change what a label already given means: every label keeps its meaning for the session.
+    Each cluster keeps a running sum and a count, never its members, and votes are kept for the
+    FACE_TRACKS_KEPT face tracks seen last, so the state is bounded however long the session.
+
     face_track, when given, is the id of the face track visible during the turn. A track that
     went with one speaker consistently (at least FACE_MIN_TURNS turns the voice alone placed
     there, and FACE_CONSISTENCY of the track's such turns) lends that speaker `face_bonus` of
@@ -119,9 +134,12 @@ class SpeakerAttributor:
     """
 
     def __init__(self, max_speakers: int | None = None, threshold: float = DEFAULT_THRESHOLD,
-                 margin: float = DEFAULT_MARGIN, face_bonus: float = DEFAULT_FACE_BONUS) -> None:
+                 margin: float = DEFAULT_MARGIN, face_bonus: float = DEFAULT_FACE_BONUS,
+                 max_clusters: int = DEFAULT_MAX_CLUSTERS) -> None:
         if max_speakers is not None and max_speakers < 1:
             raise ValueError(f"max_speakers must be at least 1 (or None for no limit), got {max_speakers}")
+        if max_clusters < 1:
+            raise ValueError(f"max_clusters must be at least 1, got {max_clusters}")
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         if margin < 0 or face_bonus < 0:
@@ -130,8 +148,10 @@ class SpeakerAttributor:
         self.threshold = threshold
         self.margin = margin
         self.face_bonus = face_bonus
+        self.max_clusters = max_clusters
         self._clusters: list[_Cluster] = []
-        self._face_votes: dict[int, dict[int, int]] = {}  # face track -> cluster index -> turns
+        # face track -> cluster index -> turns; the FACE_TRACKS_KEPT tracks seen last, oldest first
+        self._face_votes: OrderedDict[int, dict[int, int]] = OrderedDict()
 
     @property
     def speakers(self) -> int:
@@ -174,6 +194,8 @@ class SpeakerAttributor:
         best = int(order[0])
         full = self.max_speakers is not None and len(self._clusters) >= self.max_speakers
         if scores[best] < self.threshold and not full:
+            if self.max_speakers is None and len(self._clusters) >= self.max_clusters:
+                return None  # the safety cap: unknown, nothing changes
             return self._new_cluster(vector, face_track)
         if voice[voice_best] >= self.threshold:
             self._vote(face_track, voice_best)  # the track's record follows the voice alone
@@ -195,6 +217,9 @@ class SpeakerAttributor:
         if face_track is not None:
             votes = self._face_votes.setdefault(face_track, {})
             votes[cluster] = votes.get(cluster, 0) + 1
+            self._face_votes.move_to_end(face_track)
+            while len(self._face_votes) > FACE_TRACKS_KEPT:
+                self._face_votes.popitem(last=False)
 
     def _new_cluster(self, vector: np.ndarray, face_track: int | None) -> str:
         self._clusters.append(_Cluster(label=f"S{len(self._clusters) + 1}", total=vector))

@@ -37,9 +37,10 @@ class ClientQueue:
     """Live events (at most `capacity`) after a resume's backlog, in order, each seq at most once.
 
     The backlog (events the client asked to be resent) is not counted against `capacity`: it refers
-    to events the bus keeps anyway, and a client resuming after a long gap must not be taken for a
-    slow one. Each resume replaces the previous backlog (the latest `since` is what the client has),
-    so repeated resumes cannot grow it, and backlog events are serialised only when sent.
+    to events the server keeps anyway (already serialised, shared by every client), and a client
+    resuming after a long gap must not be taken for a slow one. Each resume replaces the previous
+    backlog (the latest `since` is what the client has), so repeated resumes cannot grow it; the
+    server bounds its length (server.RESUME_LIMIT).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -48,13 +49,23 @@ class ClientQueue:
         self.capacity = capacity
         self.dropped = 0
         self.overflowed = False
-        self._backlog: deque[dict[str, Any]] = deque()
+        self._backlog: deque[Outgoing] = deque()
         self._live: deque[Outgoing] = deque()
         self._droppable = 0
         self._last_seq = 0
 
     def __len__(self) -> int:
         return len(self._backlog) + len(self._live)
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq popped to be sent (a resume never resends up to it)."""
+        return self._last_seq
+
+    @property
+    def backlog(self) -> int:
+        """How many resent events are still to go (the server paces these)."""
+        return len(self._backlog)
 
     def push(self, item: Outgoing) -> bool:
         """Queue a live event; False when the client cannot catch up (queue full of final turns)."""
@@ -73,7 +84,7 @@ class ClientQueue:
         self._droppable += not item.final
         return True
 
-    def resume(self, events: Iterable[dict[str, Any]]) -> None:
+    def resume(self, events: Iterable[Outgoing]) -> None:
         """Resend `events` (kept events the client missed, in seq order) before the live ones."""
         self._backlog = deque(events)
 
@@ -81,10 +92,7 @@ class ClientQueue:
         """The next event to send, skipping any seq already sent (a resume can overlap), or None."""
         while self._backlog or self._live:
             if self._backlog:
-                event = self._backlog.popleft()
-                if event["seq"] <= self._last_seq:
-                    continue
-                item = Outgoing.of(event)
+                item = self._backlog.popleft()
             else:
                 item = self._live.popleft()
                 self._droppable -= not item.final

@@ -17,6 +17,7 @@ tests check both it against them and every emitted event against it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from merc.stream.wire.messages import EVENT_TYPES, PROTOCOL_VERSION, Event, Turn
 __all__ = ["EVENT_TYPES", "PROTOCOL_VERSION", "EventBus", "schema", "turn_event"]
 
 Subscriber = Callable[[dict[str, Any]], None]
+
+log = logging.getLogger(__name__)
 
 
 def schema() -> dict[str, Any]:
@@ -56,13 +59,18 @@ class EventBus:
     """Numbers events, keeps the recent ones for clients that reconnect, and hands each to every
     subscriber. Thread-safe: the pipeline thread publishes, the server's loop subscribes.
 
-    Subscribers must not block (the server's subscriber only schedules a send on its loop).
+    Subscribers must not block: they run on the publisher's thread (the pipeline's), so each only
+    queues the event for a thread of its own (the server's subscriber schedules a send on its loop;
+    stdout and files go through merc.stream.session.sinks.QueuedSink). A subscriber that raises is
+    logged (once per subscriber) and the others still get the event: a consumer's bug never stops
+    the pipeline.
     """
 
     def __init__(self, session: str, history: int = 10000, clock: Callable[[], float] = time.time) -> None:
         self.session = session
         self._history: deque[dict[str, Any]] = deque(maxlen=history)
         self._subscribers: list[Subscriber] = []
+        self._failing: set[Subscriber] = set()  # subscribers whose failure was logged
         self._lock = threading.Lock()
         self._seq = 0
         self._clock = clock
@@ -85,20 +93,37 @@ class EventBus:
             self._history.append(event)
             subscribers = list(self._subscribers)
         for deliver in subscribers:
-            deliver(event)
+            try:
+                deliver(event)
+            except Exception:
+                with self._lock:
+                    first = deliver not in self._failing
+                    self._failing.add(deliver)
+                if first:
+                    log.exception("event subscriber %r failed (logged once; it keeps getting events)", deliver)
         return event
 
-    def subscribe(self, deliver: Subscriber, since: int | None = None) -> list[dict[str, Any]]:
-        """Add a subscriber; returns the kept events after `since` (for a resuming client), atomically
-        with the subscription so nothing falls between the two."""
+    def subscribe(self, deliver: Subscriber, since: int | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        """Add a subscriber; returns the kept events after `since` (for a resuming client; at most the
+        last `limit` of them), atomically with the subscription so nothing falls between the two."""
         with self._lock:
             self._subscribers.append(deliver)
-            return [e for e in self._history if since is not None and e["seq"] > since]
+            return [] if since is None else self._after(since, limit)
 
-    def history(self, since: int) -> list[dict[str, Any]]:
-        """The kept events with seq > `since`."""
+    def history(self, since: int, limit: int | None = None) -> list[dict[str, Any]]:
+        """The kept events with seq > `since`, at most the last `limit` of them (read from the newest
+        end: the time under the lock grows with what is returned, not with what is kept)."""
         with self._lock:
-            return [e for e in self._history if e["seq"] > since]
+            return self._after(since, limit)
+
+    def _after(self, since: int, limit: int | None) -> list[dict[str, Any]]:
+        newest_first: list[dict[str, Any]] = []
+        for event in reversed(self._history):
+            if event["seq"] <= since or (limit is not None and len(newest_first) >= limit):
+                break
+            newest_first.append(event)
+        return newest_first[::-1]
 
     def unsubscribe(self, deliver: Subscriber) -> None:
         with self._lock:

@@ -37,10 +37,12 @@ ENVELOPE_KEYS: Final = frozenset({"v", "seq", "session", "sent", "direct"})
 ERRORS: Final[Mapping[str, str]] = {
     "bad_json": "not JSON",
     "bad_message": "a message is a JSON object with a string \"type\"",
-    "bad_since": "\"since\" must be a non-negative integer seq",
+    "bad_since": "\"since\" must be given once, as a non-negative integer seq of at most 18 digits",
     "bad_action": "control action must be reset, pause or resume",
     "unknown_type": "unknown message type {type!r}",
     "rate_limited": "more than {rate:g} messages/s: messages are being dropped",
+    "resume_limited": "more than {rate:g} resumes/s: this one was not served, ask again later",
+    "resume_truncated": "only the last {count} events are resent: events {first}-{last} are not",
     "control_unavailable": "control is not available in this session",
     "control_failed": "{action} failed",
     "control_refused": "{action} was not done",
@@ -49,7 +51,8 @@ ERRORS: Final[Mapping[str, str]] = {
     "recording_damaged": "{problem}",
 }
 # Some problems share a code on the wire (clients match on these codes; the finer names are ours).
-_WIRE_CODES: Final[Mapping[str, str]] = {"bad_since": "bad_message", "bad_action": "bad_message"}
+_WIRE_CODES: Final[Mapping[str, str]] = {"bad_since": "bad_message", "bad_action": "bad_message",
+                                         "resume_limited": "rate_limited"}
 
 
 ControlHandler = Callable[[str], str | None]

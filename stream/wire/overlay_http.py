@@ -4,10 +4,16 @@ The overlay is three static files; serving them from the WebSocket port means on
 (or to paste into OBS) and no second server. The websockets server calls `process_request` before
 each handshake: a WebSocket upgrade goes on to the event stream, a GET for an overlay file gets the
 file, anything else a 404.
+
+The page is served with a Content-Security-Policy that allows only its own script and stylesheet
+(it has no inline script or style, and loads nothing from elsewhere), WebSocket connections back to
+the host it was loaded from, and nothing else; `Referrer-Policy: no-referrer` keeps its URL (which
+may carry ?token=) out of any request it makes. It may be framed (OBS, dashboards embed it).
 """
 from __future__ import annotations
 
 import http
+import re
 from importlib import resources
 from typing import Protocol
 from urllib.parse import urlparse
@@ -16,7 +22,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["OVERLAY_FILES", "is_websocket_upgrade", "overlay_response", "overlay_url", "process_request"]
+__all__ = ["OVERLAY_FILES", "content_security_policy", "is_websocket_upgrade", "overlay_response", "overlay_url",
+           "process_request"]
 
 # Request path -> (file in merc.clients' overlay/, content type). Only these are ever served.
 OVERLAY_FILES: dict[str, tuple[str, str]] = {
@@ -25,6 +32,21 @@ OVERLAY_FILES: dict[str, tuple[str, str]] = {
     "/overlay.js": ("overlay.js", "text/javascript; charset=utf-8"),
     "/overlay.css": ("overlay.css", "text/css; charset=utf-8"),
 }
+
+
+# A Host header fit to be quoted in the policy: a name or address, and a port (anything else: 'self' only).
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def content_security_policy(host: str | None) -> str:
+    """The overlay's policy: its own files, and WebSocket connections to `host` (the Host it was
+    loaded from: ws:// and wss://; 'self' alone when there is none or it looks odd)."""
+    connect = ["'self'"]
+    if host and _HOST.fullmatch(host.strip()):
+        host = host.strip().lower()
+        connect += [f"ws://{host}", f"wss://{host}"]
+    return ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            f"connect-src {' '.join(connect)}; base-uri 'none'; form-action 'none'")
 
 
 def overlay_response(path: str) -> tuple[int, str, bytes] | None:
@@ -51,9 +73,11 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
     if found is None:
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the overlay is at /\n")
     status, content_type, body = found
+    hosts = request.headers.get_all("Host")
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
-                       ("Connection", "close")])
+                       ("Content-Security-Policy", content_security_policy(hosts[0] if len(hosts) == 1 else None)),
+                       ("Referrer-Policy", "no-referrer"), ("Connection", "close")])
     return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
 

@@ -37,14 +37,17 @@ from merc.stream.wire.messages import (
 )
 
 __all__ = [
-    "CONTROL_ACTIONS", "Admission", "Close", "Connection", "Control", "Invalid", "Outcome", "Ping", "RateLimiter",
-    "Resume", "parse", "since_from_path",
+    "CONTROL_ACTIONS", "MAX_SINCE", "Admission", "Close", "Connection", "Control", "Invalid", "Outcome", "Ping",
+    "RateLimiter", "Resume", "TokenBucket", "parse", "read_since", "since_from_path",
 ]
 
 log = logging.getLogger(__name__)
 
+_MAX_QUERY_FIELDS = 100  # parse_qs refuses more (a handshake's request line is at most 8 KiB anyway)
 _ECHO_CHARS = 40  # how much of an unknown type an error quotes back
 _PROBLEM_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")  # what a control handler may name as its problem
+MAX_SINCE = 10**18 - 1  # a seq a client may resume after: 18 decimal digits (an int64 either side)
+_SINCE = re.compile(r"[0-9]{1,18}", re.ASCII)  # ASCII digits only: "²" or "٣" pass str.isdigit(), not int()
 
 
 def parse(message: str | bytes) -> ClientMessage:
@@ -60,7 +63,7 @@ def parse(message: str | bytes) -> ClientMessage:
         return Ping()
     if kind in ("hello", "subscribe"):
         since = data.get("since", 0)
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+        if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= MAX_SINCE:
             return Invalid.of("bad_since")
         return Resume(since)
     if kind == "control":
@@ -72,12 +75,24 @@ def parse(message: str | bytes) -> ClientMessage:
     return Invalid.of("unknown_type", type=shown)
 
 
+def read_since(path: str) -> int | Invalid | None:
+    """The seq a client resumes after, from its handshake's ?since=N: None when absent, `Invalid`
+    (bad_since) unless it is given once as 1-18 ASCII digits; never raises."""
+    try:
+        values = parse_qs(urlsplit(path).query, keep_blank_values=True, max_num_fields=_MAX_QUERY_FIELDS).get("since")
+    except ValueError:  # more fields than any client of ours sends
+        return Invalid.of("bad_since")
+    if values is None:
+        return None
+    if len(values) != 1 or not _SINCE.fullmatch(values[0]):
+        return Invalid.of("bad_since")
+    return int(values[0])
+
+
 def since_from_path(path: str) -> int | None:
-    """The seq a client resumes after, from its handshake's ?since=N (None when absent or not a number)."""
-    values = parse_qs(urlsplit(path).query).get("since")
-    if values and values[0].isdigit():
-        return int(values[0])
-    return None
+    """The seq a client resumes after, from its handshake's ?since=N (None when absent or not valid)."""
+    since = read_since(path)
+    return since if isinstance(since, int) else None
 
 
 class Admission(Enum):
@@ -121,6 +136,37 @@ class RateLimiter:
         return Admission.DROP
 
 
+class TokenBucket:
+    """`rate` units/s, bursts of `burst`: `take` says whether one unit is there now (resumes per
+    connection); `reserve` takes `n` whatever is there and says how long to wait before using them
+    (the server-wide pace of resume backlogs: debt is paid in order, so waits are fair)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate and burst must be positive")
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def _refill(self, now: float) -> None:
+        elapsed = 0.0 if self._last is None else max(0.0, now - self._last)
+        self._last = now if self._last is None else max(self._last, now)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+
+    def take(self, now: float) -> bool:
+        self._refill(now)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def reserve(self, n: int, now: float) -> float:
+        """Take `n` units; the seconds to wait before they are there (0: now)."""
+        self._refill(now)
+        self._tokens -= n
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
     """Close the connection with this WebSocket close code and reason."""
@@ -146,6 +192,8 @@ class Outcome:
 
 
 RATE_LIMIT_CLOSE = Close(1008, "rate limit exceeded")
+RESUME_RATE = 1.0  # resumes (a `hello` with since) per second and connection, after a burst of
+RESUME_BURST = 3
 
 
 class Connection:
@@ -158,17 +206,25 @@ class Connection:
     """
 
     def __init__(self, session: str, hello: Hello, *, on_control: ControlHandler | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, resumes: TokenBucket | None = None) -> None:
         self.session = session
         self.hello = hello
         self.on_control = on_control
         self.limiter = limiter if limiter is not None else RateLimiter()
+        self.resumes = resumes if resumes is not None else TokenBucket(RESUME_RATE, RESUME_BURST)
         self.closing = False
+        self._resume_warned: float | None = None
 
     def open(self, path: str, *, last_seq: int, sent: float) -> Outcome:
-        """The handshake went through: resume from its ?since= (if any), then greet with `hello`."""
+        """The handshake went through: greet with `hello`, then resume from its ?since= (if any; a
+        bad one gets a `bad_since` error and the connection goes on live)."""
         hello = Hello(last_seq, self.hello.labels, self.hello.model, self.hello.modalities, self.hello.options)
-        return Outcome(replies=(self._direct(hello, last_seq, sent),), resume=since_from_path(path))
+        replies = [self._direct(hello, last_seq, sent)]
+        since = read_since(path)
+        if isinstance(since, Invalid):
+            replies.append(self._direct(Error(since.code, since.message), last_seq, sent))
+            since = None
+        return Outcome(replies=tuple(replies), resume=since)
 
     def receive(self, message: str | bytes, *, now: float, sent: float, last_seq: int) -> Outcome:
         """One frame from the client, admitted by the rate limit or not; never raises."""
@@ -182,7 +238,13 @@ class Connection:
             return Outcome(replies=(self._direct(error("rate_limited", rate=self.limiter.rate), last_seq, sent),))
         if admission is Admission.DROP:
             return Outcome()
-        return self.handle(message, sent=sent, last_seq=last_seq)
+        outcome = self.handle(message, sent=sent, last_seq=last_seq)
+        if outcome.resume is not None and not self.resumes.take(now):  # each resume costs a backlog
+            if self._resume_warned is not None and now - self._resume_warned < self.limiter.warn_every:
+                return Outcome()
+            self._resume_warned = now
+            return Outcome(replies=(self._direct(error("resume_limited", rate=self.resumes.rate), last_seq, sent),))
+        return outcome
 
     def handle(self, message: str | bytes, *, sent: float, last_seq: int) -> Outcome:
         """The answer to one admitted message: a reply (or none) and the seq to resume after."""
