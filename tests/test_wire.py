@@ -297,3 +297,34 @@ def test_a_client_refuses_a_server_of_another_major_version(monkeypatch):
             asyncio.run(asyncio.wait_for(first(), 10))
     finally:
         server.stop()
+
+
+def test_subscribers_see_events_in_seq_order_when_several_threads_publish():
+    """The pipeline publishes turns while the camera thread publishes status: a consumer that skips
+    what it has already sent (a resumed client's queue) must never see a newer seq first."""
+    import threading
+    import time
+
+    from merc.stream.wire.events import EventBus
+
+    bus = EventBus("order", history=100)
+    seen: list[int] = []
+
+    def record(event: dict) -> None:
+        time.sleep(0)  # yield between stamping and recording, as a real hand-off may
+        seen.append(event["seq"])
+
+    bus.subscribe(record)
+    start = threading.Barrier(4)
+
+    def publish(kind: str) -> None:
+        start.wait()
+        for _ in range(2000):
+            bus.publish({"type": "status", "devices": {}, "message": kind})
+
+    threads = [threading.Thread(target=publish, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == list(range(1, 8001))

@@ -72,6 +72,7 @@ class EventBus:
         self._subscribers: list[Subscriber] = []
         self._failing: set[Subscriber] = set()  # subscribers whose failure was logged
         self._lock = threading.Lock()
+        self._publishing = threading.RLock()  # held while an event is stamped and delivered
         self._seq = 0
         self._clock = clock
 
@@ -87,20 +88,25 @@ class EventBus:
 
     def publish(self, body: Event | Mapping[str, Any]) -> dict[str, Any]:
         """Stamp `body` (v, seq, session, sent; see `messages.stamp`) and deliver it; returns the event."""
-        with self._lock:
-            event = stamp(body, seq=self._seq + 1, session=self.session, sent=self._clock())
-            self._seq += 1
-            self._history.append(event)
-            subscribers = list(self._subscribers)
-        for deliver in subscribers:
-            try:
-                deliver(event)
-            except Exception:
-                with self._lock:
-                    first = deliver not in self._failing
-                    self._failing.add(deliver)
-                if first:
-                    log.exception("event subscriber %r failed (logged once; it keeps getting events)", deliver)
+        # One publisher at a time, delivery included: subscribers see events in seq order even when
+        # several threads publish (the pipeline's turns, the camera's status), and consumers that
+        # skip what they have already sent (a resumed client's queue) never skip a newer event.
+        # Subscribers only queue, so holding this lock while they run costs microseconds.
+        with self._publishing:
+            with self._lock:
+                event = stamp(body, seq=self._seq + 1, session=self.session, sent=self._clock())
+                self._seq += 1
+                self._history.append(event)
+                subscribers = list(self._subscribers)
+            for deliver in subscribers:
+                try:
+                    deliver(event)
+                except Exception:
+                    with self._lock:
+                        first = deliver not in self._failing
+                        self._failing.add(deliver)
+                    if first:
+                        log.exception("event subscriber %r failed (logged once; it keeps getting events)", deliver)
         return event
 
     def subscribe(self, deliver: Subscriber, since: int | None = None,
