@@ -5,6 +5,7 @@
     │   ├── EmoDBError              emodb_invalid
     │   └── FERError                fer_invalid
     ├── LabelError                  label_unknown   use one of the labels or label sets listed
+    ├── BadJSON                     json_invalid    (each reader reports it as its own error, naming file and line)
     ├── ConfigError                 config_invalid  fix the named training config file
     ├── ModelError                  model_invalid   retrain, or give another --model
     ├── EncoderError                encoder_missing install the encoder package or give a local path

@@ -148,7 +148,8 @@ turns = json.loads(sys.argv[2])
 out = [tracker.track(s, t).probs for s, t in turns]
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")
                or (m.startswith("merc.models") and m not in ("merc.models", "merc.models.paths", "merc.models.errors",
-                                                             "merc.models.data", "merc.models.data.turns")))
+                                                             "merc.models.data", "merc.models.data.turns",
+                                                             "merc.models.data.json_input")))
 print(json.dumps({"probs": out, "heavy": heavy, "labels": list(tracker.labels)}))
 """
 

@@ -18,8 +18,8 @@ import urllib.request
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
+from test_wire import OneTurn  # one scripted audio source + segmenter for both suites
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
@@ -334,19 +334,6 @@ class FailingProcessor:
         raise FileNotFoundError("/home/someone/secret/model.onnx: KeyError Traceback")
 
 
-class OneTurn:
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def __iter__(self):
-        yield SimpleNamespace(samples=np.zeros(160, dtype=np.float32))
-
-    def feed(self, chunk: Any) -> list[Any]:
-        return [SimpleNamespace(t_start=1.2, t_end=3.4)]
-
-    def flush(self) -> list[Any]:
-        return []
 
 
 def test_no_client_visible_message_names_an_exception_or_a_path(served, tmp_path):

@@ -13,12 +13,12 @@ module and `runtime`, and `manifest.json` carries every setting serving needs.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from merc.models.data.json_input import BadJSON, read_json_file
 from merc.models.data.turns import turn_inputs
 from merc.models.errors import MercError
 from merc.models.paths import cache_dir, contained_file, sha256_file
@@ -101,11 +101,9 @@ def read_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
     if not path.exists():
         raise BundleError(f"{path}: not found; is {bundle_dir} a bundle written by merc-export?")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
-        raise BundleError(f"{path}: not valid JSON: {err}") from err
-    except RecursionError:
-        raise BundleError(f"{path}: not valid JSON: nested too deeply") from None
+        raw = read_json_file(path)
+    except BadJSON as err:
+        raise BundleError(f"{path}: not valid JSON: {err.reason}") from None
     except OSError as err:
         raise BundleError(f"{path}: cannot read: {err.strerror or err}") from err
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

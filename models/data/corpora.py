@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from merc.models.data.json_input import BadJSON, parse_json
 from merc.models.data.labels import IEMOCAP6, MELD7, LabelSet
 from merc.models.errors import MercError
 
@@ -245,13 +245,9 @@ def load_dialogues_jsonl(path: Path, label_set: LabelSet | None, split: str | No
             continue
         where = f"{path}:{lineno}"
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        except ValueError as e:  # an integer of over 4300 digits
-            raise CorpusError(f"{where}: invalid JSON ({e})") from None
-        except RecursionError:
-            raise CorpusError(f"{where}: invalid JSON (nested too deeply)") from None
+            obj = parse_json(line)
+        except BadJSON as e:
+            raise CorpusError(f"{where}: invalid JSON ({e.reason})") from None
         if not isinstance(obj, dict):
             raise CorpusError(f"{where}: expected a JSON object (one dialogue per line)")
         missing = [k for k in ("dialogue_id", "utterances") if k not in obj]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from merc.models.data.json_input import BadJSON, parse_json, read_json_file
 from merc.models.errors import MercError
 from merc.models.paths import contained_file
 from merc.stream.capture.audio import SAMPLE_RATE, AudioSourceError, check_wav
@@ -146,11 +147,9 @@ def open_recording(directory: str | Path) -> Recording:
     if not path.is_file():
         raise RecordingError(f"{path}: not found; is {directory} a recording (merc-live --record DIR)?")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
-        raise RecordingError(f"{path}: not valid JSON: {err}") from err
-    except RecursionError:
-        raise RecordingError(f"{path}: not valid JSON: nested too deeply") from None
+        manifest = read_json_file(path)
+    except BadJSON as err:
+        raise RecordingError(f"{path}: not valid JSON: {err.reason}") from None
     except OSError as err:
         raise RecordingError(f"{path}: cannot read: {err.strerror or err}") from err
     if not isinstance(manifest, dict):
@@ -246,16 +245,12 @@ def read_jsonl_lines(path: Path, required: tuple[str, ...] = ()) -> list[tuple[i
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines):
+            row = parse_json(line)
+        except BadJSON as err:
+            if err.syntax and number == len(lines):
                 log.warning("%s:%d: incomplete last line skipped (the writer was interrupted?)", path, number)
                 break
-            raise RecordingError(f"{path}:{number}: not valid JSON: {err}") from err
-        except ValueError as err:  # an integer of over 4300 digits
-            raise RecordingError(f"{path}:{number}: not valid JSON: {err}") from err
-        except RecursionError:
-            raise RecordingError(f"{path}:{number}: not valid JSON: nested too deeply") from None
+            raise RecordingError(f"{path}:{number}: not valid JSON: {err.reason}") from None
         if not isinstance(row, dict):
             raise RecordingError(f"{path}:{number}: expected a JSON object")
         missing = [k for k in required if k not in row]
