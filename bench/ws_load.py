@@ -8,6 +8,12 @@ rounds; the leak checks compare the server's connections, loop tasks, bus subscr
 descriptors and RSS with their values before any client came.
 
     python bench/ws_load.py --clients 50 --rate 20 --seconds 10 --out bench/results/DATE-ws-load.json
+
+Resume amplification (SECURITY.md): with `--history N --resumers M`, the bus first holds N events and
+M more clients (a second child process) reconnect with ?since=0 in a loop for the whole measured
+phase, while the followers' latency is measured as above:
+
+    python bench/ws_load.py --clients 1 --history 10000 --resumers 20 --seconds 10
 """
 from __future__ import annotations
 
@@ -80,6 +86,33 @@ def run_clients(url: str, clients: int, expected: int, results: multiprocessing.
     results.put(asyncio.run(main()))
 
 
+def run_resumers(url: str, resumers: int, seconds: float, results: multiprocessing.Queue) -> None:
+    """In a second child: `resumers` clients reconnecting with ?since=0 for `seconds`, each reading
+    what the server sends for a moment before it goes (bounded in count and time)."""
+    from websockets.asyncio.client import connect
+
+    async def resumer(deadline: float) -> int:
+        rounds = 0
+        while time.monotonic() < deadline:
+            async with connect(url + "?since=0", max_size=None, close_timeout=0.2) as ws:
+                resent = 0  # read the backlog (the server sends at most its resume limit), then go again
+                round_ends = min(deadline, time.monotonic() + 2.0)
+                try:
+                    while resent < 1000 and time.monotonic() < round_ends:
+                        if json.loads(await asyncio.wait_for(ws.recv(), 0.5)).get("turn", 0) < 0:
+                            resent += 1
+                except TimeoutError:
+                    pass
+            rounds += 1
+        return rounds
+
+    async def main() -> list[int]:
+        deadline = time.monotonic() + seconds
+        return list(await asyncio.gather(*(resumer(deadline) for _ in range(resumers))))
+
+    results.put(asyncio.run(main()))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
@@ -91,10 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="events published per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to publish")
     parser.add_argument("--churn-rounds", type=int, default=5, help="connect/disconnect rounds of all clients after")
+    parser.add_argument("--history", type=int, default=0, help="events published before the clients come")
+    parser.add_argument("--resumers", type=int, default=0,
+                        help="clients that reconnect with ?since=0 in a loop during the measured phase")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here too")
     args = parser.parse_args(argv)
 
-    bus = EventBus("bench")
+    bus = EventBus("bench", history=max(10000, args.history))
+    for i in range(args.history):
+        bus.publish(turn_body(-1 - i))
     server = EventServer(bus, HELLO, port=0)
     server.start()
     results: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
@@ -109,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     while server.connections < args.clients and time.monotonic() < deadline:
         time.sleep(0.05)
     connected = server.connections
+    resumer_results: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+    resumers = None
+    if args.resumers:
+        resumers = multiprocessing.get_context("spawn").Process(
+            target=run_resumers, args=(server.url, args.resumers, args.seconds, resumer_results))
+        resumers.start()
+        time.sleep(1.0)  # the resumers are connecting and being sent their backlogs
     started = time.perf_counter()
     publish_ms = []
     for i in range(count):  # paced like a pipeline: publish, then wait for the next slot
@@ -119,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     report = results.get(timeout=120)
     child.join(30)
     child.close()
+    resume_rounds: list[int] = []
+    if resumers is not None:
+        resume_rounds = resumer_results.get(timeout=120)
+        resumers.join(30)
+        resumers.close()
     deadline = time.monotonic() + 10
     while (server.connections or server.task_count() != baseline["tasks"]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -137,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                        "mean": round(statistics.fmean(latencies_ms), 2)},
         "publish_ms": {"p50": round(percentile(publish_ms, 50), 3), "max": round(max(publish_ms), 3)},
         "churn": {"rounds": args.churn_rounds, "clients_per_round": args.clients},
+        "resume_amplification": {"history": args.history, "resumers": args.resumers,
+                                 "resumes_done": sum(resume_rounds)},
         "leaks": {"before": baseline, "after": after,
                   "ok": after["connections"] == 0 and after["tasks"] == baseline["tasks"]
                   and after["subscribers"] == baseline["subscribers"] and after["fds"] <= baseline["fds"] + 3},
