@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,9 @@ def write_face_video(data_dir: Path, path: Path, seconds: float) -> Path:
         writer.write(faces[(i // 10) % len(faces)])
     writer.release()
     return path
+
+
+# What no client-visible message may contain: a Python exception name, a traceback, or a
+# filesystem path (any absolute POSIX path of two or more parts, or a Windows drive path). URLs
+# ("ws://host/path") and units ("messages/s") do not match.
+CLIENT_LEAK = re.compile(r"\b\w+(Error|Exception)\b|Traceback|(?<![\w:/.])/[\w.-]+/[\w./-]*|\b[A-Za-z]:\\")

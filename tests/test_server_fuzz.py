@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from conftest import CLIENT_LEAK
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -30,7 +30,6 @@ from merc.stream.wire.server import EventServer
 
 HELLO = {"labels": ["neutral", "joy"], "model": {"label_set": "test"}, "modalities": ["text"]}
 TOKEN = "fuzz-token"
-LEAK = re.compile(r"\b\w+(Error|Exception)\b|Traceback|/home/|/tmp/|/usr/|/root/|/work/|C:\\")
 REFUSALS = {400, 401, 403, 414, 429, 431, 503}  # 414, 431: websockets, past its 8 KiB line and header limits
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -146,7 +145,7 @@ async def exchange(url: str, body: str | bytes | None, seen: list[str]) -> int |
 def finish(state: dict[str, Any]) -> None:
     check_live(state)
     assert state["errors"].records == [], [r.getMessage() for r in state["errors"].records]
-    leaks = [m for m in state["seen"] if LEAK.search(m)]
+    leaks = [m for m in state["seen"] if CLIENT_LEAK.search(m)]
     assert leaks == []
     assert state["server"].connections == 1 or _settles(state["server"])
 
