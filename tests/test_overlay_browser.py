@@ -15,7 +15,8 @@ import pytest
 
 from merc.stream.recordings.recording import open_recording
 from merc.stream.recordings.replay import replay_recording
-from merc.stream.wire.events import EventBus, turn_event
+from merc.stream.recordings.scoring import apply_updates
+from merc.stream.wire.events import EventBus, turn_event, turn_update_event
 from merc.stream.wire.overlay_http import process_request
 from merc.stream.wire.server import EventServer
 
@@ -73,7 +74,8 @@ class Served:
         self.server.start()
 
     def turns(self) -> list[dict]:
-        return [e for e in self.bus.events() if e["type"] == "turn"]
+        """The published turns as finally corrected (each turn.update folded into its turn)."""
+        return [e for e in apply_updates(self.bus.events()) if e["type"] == "turn"]
 
     def publish_turn(self, text: str, label: str = "anger", speaker: str = "S3") -> dict:
         t = 30.0 + self.bus.last_seq
@@ -158,10 +160,11 @@ def test_the_timeline_has_a_lane_per_speaker_and_a_mark_per_turn(replayed):
     boxes = [marks.nth(i).bounding_box() for i in range(marks.count())]
     assert all(b is not None and b["width"] > 0 and b["height"] > 0 for b in boxes)
     assert [b["x"] for b in boxes] == sorted(b["x"] for b in boxes)  # later turns further right
-    lane_y = {}
-    for event, box in zip(published, boxes):
-        lane_y.setdefault(event["speaker"], box["y"])
-        assert box["y"] == lane_y[event["speaker"]]  # one lane per speaker
+    lane_y = {}  # the lane each mark is drawn in (a corrected mark's outline makes its box a little larger)
+    for i, event in enumerate(published):
+        y = float(marks.nth(i).get_attribute("y"))
+        lane_y.setdefault(event["speaker"], y)
+        assert y == lane_y[event["speaker"]]  # one lane per speaker
     assert len(set(lane_y.values())) == len(speakers)
     assert page.locator("#legend .legend-item").all_inner_texts() == HELLO["labels"]
 
@@ -247,6 +250,53 @@ def test_a_restarted_server_is_rejoined_automatically(browser):
         wait_for(page, "mercOverlay.turns.length === 1 && mercOverlay.turns[0].text === 'new session'",
                                timeout=WAIT_MS)
         assert page.locator("#turns .turn").all_inner_texts()[0].endswith("new session")
+        page.close()
+    finally:
+        served.server.stop()
+
+
+def test_a_turn_update_corrects_the_row_and_the_timeline_in_place(browser):
+    """A turn.update changes the speaker, emotion and confidence of the turn it names, where it is,
+    marked as corrected for a while; the timeline moves its mark to the new speaker's lane; an update
+    naming a turn the page never had changes nothing."""
+    served = Served("overlay-update")
+    try:
+        first = served.publish_turn("you again", label="neutral", speaker="S1")
+        second = served.publish_turn("I said I was sorry", label="anger", speaker="S1")
+        served.publish_turn("fine", label="neutral", speaker="S2")
+        page = open_overlay(browser, served)
+        wait_caught_up(page, served)
+        rows = page.locator("#turns .turn")
+        before = rows.all_inner_texts()
+        assert rows.nth(1).locator(".speaker").inner_text() == "S1"
+        assert page.locator("#timeline .lane-name").all_text_contents() == ["S1", "S2"]
+        assert not page.locator("#turns .turn.corrected").count()
+
+        served.bus.publish(turn_update_event(turn=second["turn"], speaker="S2", label="sadness", confidence=0.64,
+                                             probs={"sadness": 0.64, "anger": 0.36}))
+        served.bus.publish(turn_update_event(turn=99, speaker="S9", label="joy", confidence=1.0, probs={"joy": 1.0}))
+        wait_caught_up(page, served)
+        row = rows.nth(1)
+        assert rows.count() == 3 and row.get_attribute("data-seq") == str(second["seq"])
+        assert row.locator(".speaker").inner_text() == "S2"
+        assert row.locator(".label").inner_text() == "sadness 64%"
+        assert row.locator(".text").inner_text() == "I said I was sorry"
+        assert row.get_attribute("data-label") == "sadness" and "corrected" in row.get_attribute("class")
+        assert row.evaluate("r => getComputedStyle(r).borderLeftColor") == "rgb(59, 130, 246)"  # sadness blue
+        assert [rows.nth(i).get_attribute("class") for i in (0, 2)] == ["turn", "turn"]
+        texts = rows.all_inner_texts()
+        assert texts[0] == before[0] and texts[2] == before[2] and texts[1] != before[1]
+        shown = page.evaluate("mercOverlay.turns")
+        assert [(t["turn"], t["speaker"], t["label"], t["updates"]) for t in shown] == [
+            (first["turn"], "S1", "neutral", 0), (second["turn"], "S2", "sadness", 1), (2, "S2", "neutral", 0)]
+        mark = page.locator(f'#timeline rect.mark[data-seq="{second["seq"]}"]')
+        assert mark.get_attribute("data-label") == "sadness" and mark.get_attribute("data-speaker") == "S2"
+        lanes = [page.locator(f'#timeline rect.mark[data-seq="{e["seq"]}"]').get_attribute("y")
+                 for e in served.turns()]
+        assert lanes[0] != lanes[1] == lanes[2]  # turn 1 moved to S2's lane
+        assert page.locator("#timeline rect.mark").count() == 3 and page.evaluate("mercOverlay.missed") == 0
+        screenshot(page, "overlay-corrected.png")
+        wait_for(page, "document.querySelector('#turns .turn.corrected') === null", timeout=WAIT_MS)  # briefly
         page.close()
     finally:
         served.server.stop()

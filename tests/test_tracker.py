@@ -1,5 +1,5 @@
 """Live tracking with the bundled default model: step by step equals the batch forward on real
-dialogues, and the main command runs."""
+dialogues, revising earlier turns' speakers equals having tracked them so, and the main command runs."""
 from __future__ import annotations
 
 import json
@@ -193,3 +193,123 @@ def test_main_command_serves_a_cached_bundle_without_torch():
             "assert rc == 0; assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- revising earlier turns' speakers
+
+NEXT = "So what do we do now?"
+
+
+@pytest.fixture(scope="module")
+def bundle_tracker(default_bundle):
+    from merc.export.serve.runtime import BundleTracker
+
+    return BundleTracker.load(default_bundle, device="cpu")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def either_tracker(request, tracker, bundle_tracker):
+    return tracker if request.param == "torch" else bundle_tracker
+
+
+def _max_delta(a, b) -> float:
+    return max(abs(a.probs[k] - b.probs[k]) for k in a.probs)
+
+
+def test_revising_speakers_equals_tracking_them_so_from_the_start(either_tracker):
+    """Turns first attributed wrongly (a new speaker, an unknown one, the other speaker), then
+    revised: every turn's final emotion and the next turn's equal tracking with the right speakers
+    from scratch. The default encoder uses no speaker markers, so its vectors do not depend on them."""
+    tracker = either_tracker
+    turns = _example_turns()
+    right = [speaker for speaker, _ in turns]
+    wrong = {3: "Zed", 5: None, 8: right[9]}  # a new label, unknown, and the other speaker
+    assert all(right[i] != s for i, s in wrong.items())
+    tracker.reset()
+    first = [tracker.track(wrong.get(i, s), text) for i, (s, text) in enumerate(turns)]
+    revised = tracker.revise({i: right[i] for i in wrong})
+    after = tracker.track(right[0], NEXT)
+    tracker.reset()
+    reference = [tracker.track(s, text) for s, text in turns]
+    reference_after = tracker.track(right[0], NEXT)
+
+    assert max(_max_delta(a, b) for a, b in zip(first, reference)) > 0.05  # the wrong speakers did matter
+    indices = [r.index for r in revised]
+    assert indices == sorted(indices) and set(wrong) <= set(indices) <= set(range(3, len(turns)))
+    final = {r.index: r for r in first} | {r.index: r for r in revised}
+    for i, expected in enumerate(reference):
+        got = final[i]
+        assert (got.index, got.speaker, got.text, got.label) == (i, expected.speaker, expected.text, expected.label)
+        assert _max_delta(got, expected) <= 1e-5, i
+    for r in revised:  # each reported turn really changed
+        old = first[r.index]
+        assert r.speaker != old.speaker or r.label != old.label or _max_delta(r, old) >= 1e-4
+    assert after.index == len(turns) and after.label == reference_after.label
+    assert _max_delta(after, reference_after) <= 1e-5
+
+
+def test_a_revised_label_maps_to_the_same_speaker_wherever_it_appears(either_tracker):
+    """Relabelling every turn of one speaker with a new label (and then back) changes nothing: the
+    graph sees the same speaker either way; revising nothing or the same speaker changes nothing."""
+    tracker = either_tracker
+    turns = _example_turns()[:8]
+    tracker.reset()
+    first = [tracker.track(s, text) for s, text in turns]
+    assert tracker.revise({}) == [] and tracker.revise({2: turns[2][0]}) == []
+    renamed = tracker.revise({i: "S7" for i, (s, _) in enumerate(turns) if s == turns[1][0]})
+    assert [r.index for r in renamed] == [i for i, (s, _) in enumerate(turns) if s == turns[1][0]]
+    for r in renamed:
+        assert r.speaker == "S7" and r.label == first[r.index].label and _max_delta(r, first[r.index]) <= 1e-6
+    back = tracker.revise({r.index: turns[r.index][0] for r in renamed})
+    assert [r.speaker for r in back] == [turns[r.index][0] for r in renamed]
+    after = tracker.track(turns[0][0], NEXT)
+    tracker.reset()
+    for s, text in turns:
+        tracker.track(s, text)
+    assert _max_delta(after, tracker.track(turns[0][0], NEXT)) <= 1e-6
+
+
+def test_only_the_last_turns_can_be_revised_and_memory_stays_bounded(tracker, bundle_tracker):
+    """With a buffer of 4 turns, a correction of an older turn is ignored; one inside it still gives
+    exactly what tracking with that speaker would have."""
+    from merc.export.serve.runtime import BundleTracker
+    from merc.models.dag.tracker import DialogueTracker
+
+    turns = _example_turns()
+    small = [DialogueTracker(tracker.model, tracker.encoder, revisable_turns=4),
+             BundleTracker(bundle_tracker.manifest, bundle_tracker.encoder, bundle_tracker.dag, revisable_turns=4)]
+    for revisable in small:
+        revisable.reset()
+        first = [revisable.track(s, text) for s, text in turns]
+        assert len(revisable._history) == 4 and list(revisable._history.indices) == list(range(8, 12))
+        assert revisable.revise({0: "Zed", 7: "Zed", 12: "Zed", -1: "Zed"}) == []  # older, future: ignored
+        revised = revisable.revise({9: turns[8][0]})
+        assert revised and revised[0].index == 9 and revised[0].speaker == turns[8][0]
+        revisable.reset()
+        reference = [revisable.track(turns[8][0] if i == 9 else s, text) for i, (s, text) in enumerate(turns)]
+        final = {r.index: r for r in first} | {r.index: r for r in revised}
+        assert max(_max_delta(final[i], reference[i]) for i in range(len(turns))) <= 1e-5
+        revisable.reset()
+        assert len(revisable._history) == 0 and revisable.revise({0: "A"}) == []
+    with pytest.raises(ValueError):
+        DialogueTracker(tracker.model, tracker.encoder, revisable_turns=0)
+
+
+def test_a_revised_speaker_marks_later_encoder_contexts_as_if_it_had_been_known():
+    """With speaker markers, the turns after a revision see the corrected speakers in their context
+    (the revised turns' own vectors are not re-encoded: the documented approximation)."""
+    from merc.models.data.turns import ConversationSoFar
+
+    def conversation(speakers):
+        so_far = ConversationSoFar(3, speaker_markers=True)
+        for i, speaker in enumerate(speakers):
+            so_far.result(speaker, f"turn {i}", ["a", "b"], [0.4, 0.6], ("text",), {})
+        return so_far
+
+    revised = conversation(["A", "B", "A", "A", "B"])
+    for index, speaker in {3: "B", 0: "B", 4: None}.items():
+        revised.revise_speaker(index, speaker)
+    fresh = conversation(["A", "B", "A", "B", None])  # turn 0 is out of the context window
+    assert revised.encoder_input("now", "B") == fresh.encoder_input("now", "B") == \
+        ("now", "turn 4 | same: turn 3 | other: turn 2")
+    assert revised.recent_speakers == ["A", "B", None]

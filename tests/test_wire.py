@@ -16,20 +16,30 @@ import jsonschema
 import numpy as np
 import pytest
 
-from merc.clients.client import ProtocolMismatch, check_version, follow
+from merc.clients.client import Conversation, ProtocolMismatch, check_version, follow, format_turn
 from merc.stream.session.pipeline import Pipeline
 from merc.stream.wire import messages
-from merc.stream.wire.events import EventBus, schema, turn_event
+from merc.stream.wire.delivery import ClientQueue, Outgoing
+from merc.stream.wire.events import (
+    EventBus,
+    apply_update,
+    schema,
+    turn_event,
+    turn_update_event,
+    turn_update_events,
+)
 from merc.stream.wire.messages import (
     ENVELOPE_KEYS,
     ERRORS,
     EVENT_TYPES,
+    PROTOCOL,
     PROTOCOL_VERSION,
     SERVER_EVENTS,
     Hello,
     Pong,
     Status,
     Turn,
+    TurnUpdate,
     error,
     major_version,
     stamp,
@@ -102,7 +112,9 @@ def test_typed_events_validate_once_stamped():
     samples = [Hello.of(HELLO, last_seq=3), Pong(), Status({"microphone": True, "camera": None}, "camera gone"),
                error("bad_json"), Turn.of(turn=0, speaker="S1", t_start=1.0, t_end=2.0, text="hi", label="joy",
                                           confidence=0.9, probs={"joy": 0.9, "neutral": 0.1}, modalities=["text"],
-                                          available=["text", "audio"], timings_ms=TIMINGS, speech_end=1e9)]
+                                          available=["text", "audio"], timings_ms=TIMINGS, speech_end=1e9),
+               TurnUpdate.of(turn=0, speaker=None, label="neutral", confidence=0.6,
+                             probs={"joy": 0.4, "neutral": 0.6})]
     assert {type(s) for s in samples} == set(SERVER_EVENTS)
     for sample in samples:
         for direct in (False, True):
@@ -150,6 +162,68 @@ def test_published_and_direct_events_share_one_envelope():
     with pytest.raises(ValueError, match="seq"):
         bus.publish({"type": "status", "seq": 99})
     assert bus.last_seq == 2  # a refused body does not use up a seq
+
+
+def test_a_turn_update_is_a_typed_stamped_event_the_schema_holds_to():
+    body = turn_update_event(turn=3, speaker="S2", label="anger", confidence=0.612345,
+                             probs={"anger": 0.612345, "neutral": 0.387655})
+    assert body == {"type": "turn.update", "turn": 3, "speaker": "S2", "label": "anger", "confidence": 0.6123,
+                    "probs": {"anger": 0.6123, "neutral": 0.3877}, "reason": "speaker"}
+    event = EventBus("s", clock=lambda: 7.0).publish(body)
+    assert list(event)[:5] == ["v", "seq", "session", "sent", "type"] and event["seq"] == 1
+    VALIDATOR.validate(event)
+    VALIDATOR.validate({**event, "speaker": None})
+    for broken in ({k: v for k, v in event.items() if k != "reason"}, {**event, "reason": "whim"},
+                   {k: v for k, v in event.items() if k != "turn"}, {**event, "turn": -1},
+                   {**event, "confidence": 1.5}, {**event, "speaker": 2}):
+        assert not VALIDATOR.is_valid(broken), broken
+    with pytest.raises(ValueError, match="reason"):
+        turn_update_event(turn=3, speaker="S2", label="anger", confidence=0.6, probs={}, reason="whim")
+    with pytest.raises(ValueError, match="by its number"):
+        turn_update_event(turn=-1, speaker="S2", label="anger", confidence=0.6, probs={})
+
+
+def test_turn_update_events_are_made_from_a_trackers_revised_turns():
+    from merc.models.data.turns import TurnResult
+
+    revised = [TurnResult(index=4, speaker="S1", text="hm", label="joy", confidence=0.7, probs={"joy": 0.7, "sad": 0.3},
+                          modalities=("text",), timings_ms={"graph": 0.4}),
+               TurnResult(index=5, speaker=None, text="ok", label="sad", confidence=0.55,
+                          probs={"joy": 0.45, "sad": 0.55}, modalities=(), timings_ms={})]
+    bodies = turn_update_events(revised)
+    assert [(b["turn"], b["speaker"], b["label"], b["confidence"]) for b in bodies] == \
+        [(4, "S1", "joy", 0.7), (5, None, "sad", 0.55)]
+    for body in bodies:
+        VALIDATOR.validate(stamp(body, seq=9, session="s", sent=1.0))
+
+
+def test_an_update_replaces_only_what_it_corrects():
+    turn = turn_event(turn=2, speaker="S1", t_start=1.0, t_end=2.5, text="fine.", label="neutral", confidence=0.8,
+                      probs={"neutral": 0.8, "anger": 0.2}, modalities=["text"], available=["text", "audio"],
+                      timings_ms=TIMINGS, speech_end=5.0)
+    update = stamp(turn_update_event(turn=2, speaker="S2", label="anger", confidence=0.7,
+                                     probs={"neutral": 0.3, "anger": 0.7}), seq=8, session="s", sent=9.0)
+    corrected = apply_update(turn, update)
+    assert {k: corrected[k] for k in ("speaker", "label", "confidence", "probs")} == \
+        {"speaker": "S2", "label": "anger", "confidence": 0.7, "probs": {"neutral": 0.3, "anger": 0.7}}
+    assert {k: v for k, v in corrected.items() if k not in ("speaker", "label", "confidence", "probs")} == \
+        {k: v for k, v in turn.items() if k not in ("speaker", "label", "confidence", "probs")}
+    assert turn["speaker"] == "S1"  # the turn itself is not changed
+
+
+def test_the_hello_announces_the_minor_version_and_updates_are_never_shed():
+    hello = connection().open("/", last_seq=0, sent=1.0).replies[0]
+    assert hello["protocol"] == PROTOCOL == f"{PROTOCOL_VERSION}.1" and hello["v"] == PROTOCOL_VERSION
+    VALIDATOR.validate(hello)
+    VALIDATOR.validate({k: v for k, v in hello.items() if k != "protocol"})  # a 1.0 server's hello
+    assert not VALIDATOR.is_valid({**hello, "protocol": "one"})
+    queue = ClientQueue(capacity=2)
+    update = stamp(turn_update_event(turn=0, speaker="S1", label="joy", confidence=1.0, probs={"joy": 1.0}),
+                   seq=1, session="s", sent=1.0)
+    status = stamp(Status({}, "m"), seq=2, session="s", sent=1.0)
+    assert queue.push(Outgoing.of(update)) and queue.push(Outgoing.of(status))
+    assert queue.push(Outgoing.of({**update, "seq": 3}))  # the status is dropped, not the update
+    assert [item.seq for item in (queue.pop(), queue.pop())] == [1, 3] and queue.dropped == 1
 
 
 def test_major_versions():
@@ -297,6 +371,64 @@ def test_a_client_refuses_a_server_of_another_major_version(monkeypatch):
             asyncio.run(asyncio.wait_for(first(), 10))
     finally:
         server.stop()
+
+
+def _turn(number: int, speaker: str | None, label: str, text: str = "words") -> dict[str, Any]:
+    return turn_event(turn=number, speaker=speaker, t_start=number, t_end=number + 0.5, text=text, label=label,
+                      confidence=0.8, probs={label: 0.8}, modalities=["text"], available=["text"],
+                      timings_ms=TIMINGS, speech_end=1.0)
+
+
+def test_the_python_client_applies_turn_updates_through_a_real_server():
+    """follow() from the event server, a Conversation fed what it yields: the corrected turn keeps
+    its place and text with the new speaker and emotion; an update for a turn never sent and an
+    unknown event type are ignored."""
+    bus = EventBus("client-updates")
+    server = EventServer(bus, HELLO, port=0)
+    server.start()
+    for body in (_turn(0, "S1", "joy", "hi"), _turn(1, "S1", "anger", "go away"), _turn(2, "S2", "neutral", "ok"),
+                 turn_update_event(turn=1, speaker="S2", label="sadness", confidence=0.6, probs={"sadness": 0.6}),
+                 turn_update_event(turn=7, speaker="S3", label="joy", confidence=0.9, probs={"joy": 0.9}),
+                 {"type": "turn.partial", "turn": 3, "text": "and"}):
+        bus.publish(body)
+
+    async def collect() -> tuple[Conversation, list[str]]:
+        conversation, lines = Conversation(), []
+        async for event in follow(server.url, reconnect=False):
+            turn = conversation.apply(event)
+            if turn is not None:
+                lines.append(format_turn(turn, corrected=event["type"] == "turn.update"))
+            if event.get("seq") == bus.last_seq and not event.get("direct"):
+                return conversation, lines
+        raise AssertionError("the stream ended early")
+
+    try:
+        conversation, lines = asyncio.run(asyncio.wait_for(collect(), 10))
+    finally:
+        server.stop()
+    assert [(t["turn"], t["speaker"], t["label"], t["confidence"], t["text"]) for t in conversation.turns] == [
+        (0, "S1", "joy", 0.8, "hi"), (1, "S2", "sadness", 0.6, "go away"), (2, "S2", "neutral", 0.8, "ok")]
+    assert conversation.turns[1]["updates"] == 1 and conversation.turns[1]["t_start"] == 1
+    assert len(lines) == 4 and lines[-1].endswith("go away  [corrected]") and "S2" in lines[-1]
+
+
+def test_a_conversation_keeps_a_bounded_list_and_starts_over_with_a_new_session():
+    conversation = Conversation(keep=2)
+    conversation.apply({"type": "hello", "session": "a"})
+    for number in range(3):
+        conversation.apply(_turn(number, "S1", "joy"))
+    assert [t["turn"] for t in conversation.turns] == [1, 2]
+    assert conversation.apply(turn_update_event(turn=0, speaker="S2", label="joy", confidence=1.0,
+                                                probs={"joy": 1.0})) is None  # no longer kept: ignored
+    conversation.apply(_turn(0, "S1", "neutral"))  # numbers start again after a reset: the newest 0 is meant
+    corrected = conversation.apply(turn_update_event(turn=0, speaker="S2", label="anger", confidence=0.5,
+                                                     probs={"anger": 0.5}))
+    assert corrected is conversation.turns[-1] and corrected["label"] == "anger"
+    assert [t["turn"] for t in conversation.turns] == [2, 0]
+    conversation.apply({"type": "hello", "session": "a"})  # a reconnection: the same session
+    assert len(conversation.turns) == 2
+    conversation.apply({"type": "hello", "session": "b"})
+    assert conversation.turns == []
 
 
 def test_subscribers_see_events_in_seq_order_when_several_threads_publish():

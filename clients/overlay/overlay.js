@@ -13,6 +13,7 @@
   const FULL_TURNS = 50;
   const TIMELINE_SECONDS = 300; // the timeline shows the last five minutes of the conversation
   const BACKOFF_MS = [250, 5000]; // first retry, ceiling (doubling in between)
+  const CORRECTED_MS = 4000; // how long a row corrected by a turn.update stays marked
 
   // MELD-7 and IEMOCAP-6 share hues for the same emotion so a viewer learns one palette.
   const COLOURS = {
@@ -152,8 +153,10 @@
       state.missed += Math.max(0, event.seq - state.lastSeq - 1);
       state.lastSeq = event.seq;
       if (event.type === "turn") addTurn(event);
+      else if (event.type === "turn.update") updateTurn(event);
       else if (event.type === "status") updateDevices(event);
       else if (event.type === "error") notify(event.message);
+      // any other type is from a newer minor version of the protocol: ignored
     }
 
     function greet(hello) {
@@ -184,18 +187,44 @@
     }
 
     function addTurn(event) {
-      state.turns.push(event);
+      state.turns.push({ ...event, updates: 0 });
       const row = element("li", "turn");
       row.dataset.seq = event.seq;
-      row.dataset.label = event.label;
-      row.style.setProperty("--emotion", colourOf(event.label));
-      row.append(element("span", "speaker", event.speaker ?? "?"),
-        element("span", "label", `${event.label} ${Math.round(event.confidence * 100)}%`),
-        element("span", "text", event.text));
+      row.dataset.turn = event.turn;
+      row.append(element("span", "speaker"), element("span", "label"), element("span", "text", event.text));
+      fillRow(row, event);
       view.turns.append(row);
       const keep = options.compact ? COMPACT_TURNS : FULL_TURNS;
       while (view.turns.children.length > keep) view.turns.firstElementChild.remove();
       view.turns.scrollTop = view.turns.scrollHeight;
+      drawTimeline();
+    }
+
+    function fillRow(row, turn) {
+      row.dataset.label = turn.label;
+      row.style.setProperty("--emotion", colourOf(turn.label));
+      row.querySelector(".speaker").textContent = turn.speaker ?? "?";
+      row.querySelector(".label").textContent = `${turn.label} ${Math.round(turn.confidence * 100)}%`;
+    }
+
+    function updateTurn(event) {
+      // A correction of a turn already shown (its speaker was revised, so its emotion too): the most
+      // recent turn with that number (numbers start again after a reset). Never creates a turn.
+      let turn = null;
+      for (let i = state.turns.length - 1; i >= 0; i -= 1) {
+        if (state.turns[i].turn === event.turn) { turn = state.turns[i]; break; }
+      }
+      if (turn === null) return; // a turn this page never had
+      for (const key of ["speaker", "label", "confidence", "probs"]) if (key in event) turn[key] = event[key];
+      turn.updates += 1;
+      const row = view.turns.querySelector(`.turn[data-seq="${turn.seq}"]`);
+      if (row) { // still on screen (compact mode keeps only the last few rows)
+        fillRow(row, turn);
+        row.classList.add("corrected");
+        row.title = `corrected (${event.reason ?? "update"})`;
+        clearTimeout(row.correctedTimer);
+        row.correctedTimer = setTimeout(() => row.classList.remove("corrected"), CORRECTED_MS);
+      }
       drawTimeline();
     }
 
@@ -248,7 +277,8 @@
         if (turn.t_end < start) continue;
         const from = Math.max(start, turn.t_start);
         const mark = svg("rect", {
-          class: "mark", "data-seq": turn.seq, "data-label": turn.label,
+          class: turn.updates ? "mark corrected" : "mark", "data-seq": turn.seq, "data-label": turn.label,
+          "data-speaker": turn.speaker ?? "?",
           x: x(from), width: Math.max(3, x(turn.t_end) - x(from)),
           y: top + speakers.indexOf(turn.speaker ?? "?") * lane + 3, height: lane - 6, rx: 3,
           fill: colourOf(turn.label), "fill-opacity": 0.35 + 0.65 * turn.confidence,
@@ -263,7 +293,7 @@
     // Small hooks for tests and for debugging from the console.
     const hooks = {
       get turns() { return state.turns.map((t) => ({ seq: t.seq, turn: t.turn, speaker: t.speaker,
-        label: t.label, confidence: t.confidence, text: t.text })); },
+        label: t.label, confidence: t.confidence, text: t.text, updates: t.updates })); },
       get lastSeq() { return state.lastSeq; },
       get missed() { return state.missed; },
       get state() { return state.connectionState; },

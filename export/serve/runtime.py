@@ -3,7 +3,7 @@
     tracker = BundleTracker.load("bundles/meld")
     result = tracker.track("Ross", "We were on a break!")   # -> TurnResult
 
-`BundleTracker` has `DialogueTracker`'s API (`track`, `reset`, `labels`) and gives the same
+`BundleTracker` has `DialogueTracker`'s API (`track`, `revise`, `reset`, `labels`) and gives the same
 probabilities to 1e-4 (checked by `merc-export` on real dialogues when it writes the bundle).
 
 Execution provider: CUDAExecutionProvider when the installed onnxruntime offers it (the
@@ -15,7 +15,9 @@ install it first, then `pip uninstall onnxruntime && pip install onnxruntime-gpu
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +32,18 @@ from merc.export.serve.bundle import (
 )
 from merc.models.data.turns import (
     MODALITIES,
+    REVISABLE_TURNS,
     UNKNOWN_SPEAKER,
     ConversationSoFar,
+    RevisableTurns,
     TurnResult,
 )
 
 DAG_INPUTS = ("text", "audio", "face", "mask", "speaker", "window_speakers", "window_states", "window_count")
 DAG_OUTPUTS = ("probs", "new_window_speakers", "new_window_states", "new_window_count")
+
+Window = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""The DAG step's state: window_speakers (P,), window_states (L, P, H), window_count ()."""
 
 
 def _onnxruntime():
@@ -161,24 +168,41 @@ class DAGStepSession:
         self.window_states = np.zeros((m.layers, m.max_predecessors, m.hidden), dtype=np.float32)
         self.window_count = np.array(0, dtype=np.int64)
 
+    @property
+    def window(self) -> Window:
+        """The state the next step starts from (ONNX Runtime returns new arrays on every step, so a
+        window kept from earlier is never changed by later steps)."""
+        return self.window_speakers, self.window_states, self.window_count
+
+    @window.setter
+    def window(self, window: Window) -> None:
+        self.window_speakers, self.window_states, self.window_count = window
+
     def step(self, features: dict[str, np.ndarray], speaker: int) -> np.ndarray:
         """Class probabilities (C,) of a new turn; `features` holds the present modalities only."""
+        probs, self.window = self.step_from(self.window, features, speaker)
+        return probs
+
+    def step_from(self, window: Window, features: dict[str, np.ndarray], speaker: int) -> tuple[np.ndarray, Window]:
+        """One step from `window` (not the session's own): class probabilities and the window after."""
         feeds: dict[str, np.ndarray] = {m: np.asarray(features[m], dtype=np.float32) if m in features
                                         else self._zeros[m] for m in MODALITIES}
+        speakers, states, count = window
         feeds.update(mask=np.array([m in features for m in MODALITIES]), speaker=np.array(speaker, dtype=np.int64),
-                     window_speakers=self.window_speakers, window_states=self.window_states,
-                     window_count=self.window_count)
-        probs, self.window_speakers, self.window_states, self.window_count = self.session.run(DAG_OUTPUTS, feeds)
-        return probs
+                     window_speakers=speakers, window_states=states, window_count=count)
+        probs, *after = self.session.run(DAG_OUTPUTS, feeds)
+        return probs, (after[0], after[1], after[2])
 
 
 class BundleTracker:
     """Emotion of each new turn given the conversation so far, served from a bundle."""
 
-    def __init__(self, manifest: Manifest, encoder: TextEncoderSession, dag: DAGStepSession) -> None:
+    def __init__(self, manifest: Manifest, encoder: TextEncoderSession, dag: DAGStepSession,
+                 revisable_turns: int = REVISABLE_TURNS) -> None:
         self.manifest = manifest
         self.encoder = encoder
         self.dag = dag
+        self._history: RevisableTurns[Window] = RevisableTurns(revisable_turns)
         self.reset()
 
     @classmethod
@@ -200,6 +224,7 @@ class BundleTracker:
         """Forget the conversation: the next turn starts a new dialogue."""
         self.dag.reset()
         self._so_far = ConversationSoFar(self.encoder.tokenizer.context_turns, self.encoder.tokenizer.speaker_markers)
+        self._history.clear()
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -220,8 +245,25 @@ class BundleTracker:
             if name in self.modalities and name != "text" and vector is not None:
                 features[name] = vector
         encoded = time.perf_counter()
+        before = self.dag.window
         probs = self.dag.step(features, self._so_far.speaker_id(speaker))
         done = time.perf_counter()
-        return self._so_far.result(speaker, text, self.labels, [float(p) for p in probs],
-                                   tuple(m for m in MODALITIES if m in features),
-                                   {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
+        result = self._so_far.result(speaker, text, self.labels, [float(p) for p in probs],
+                                     tuple(m for m in MODALITIES if m in features),
+                                     {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
+        self._history.keep(result, features, before)
+        return result
+
+    def revise(self, speakers: Mapping[int, str | None]) -> list[TurnResult]:
+        """Correct the speakers of earlier turns (turn index, as `track` returned it -> speaker) and
+        recompute the graph from the earliest corrected one; returns the turns whose speaker, label
+        or probabilities changed. Only the last REVISABLE_TURNS turns can be revised (older indices
+        are ignored) and the text vectors are not re-encoded: see `RevisableTurns`."""
+        revised, window = self._history.revise(speakers, self._so_far, self.labels, self._step)
+        if window is not None:
+            self.dag.window = window
+        return revised
+
+    def _step(self, window: Window, features: dict[str, Any], speaker: int) -> tuple[list[float], Window]:
+        probs, after = self.dag.step_from(window, features, speaker)
+        return [float(p) for p in probs], after

@@ -1,20 +1,23 @@
 """Tracking one conversation turn by turn: the text encoder, then one incremental DAG step.
 
 The tracker keeps only what the next turn needs (the DAG state of the last window of turns and
-the last few transcripts for the encoder's context), so a turn costs the same at turn 10 and
-at turn 1000.
+the last few transcripts for the encoder's context), plus the last REVISABLE_TURNS turns' vectors
+and states so that their speakers can be corrected (`revise`), so a turn costs the same at turn
+10 and at turn 1000.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from merc.models.dag.checkpoint import TrainedModel, load_model
 from merc.models.dag.graph import MODALITIES, DAGState
-from merc.models.data.turns import ConversationSoFar, TurnResult
+from merc.models.data.turns import REVISABLE_TURNS, ConversationSoFar, RevisableTurns, TurnResult
 from merc.models.features.text_encoder import TextEncoder
 from merc.models.paths import default_model_dir
 
@@ -22,9 +25,10 @@ from merc.models.paths import default_model_dir
 class DialogueTracker:
     """Emotion of each new turn given the conversation so far (causal, incremental)."""
 
-    def __init__(self, model: TrainedModel, encoder: TextEncoder) -> None:
+    def __init__(self, model: TrainedModel, encoder: TextEncoder, revisable_turns: int = REVISABLE_TURNS) -> None:
         self.model = model
         self.encoder = encoder
+        self._history: RevisableTurns[DAGState] = RevisableTurns(revisable_turns)
         self.reset()
 
     @classmethod
@@ -47,6 +51,7 @@ class DialogueTracker:
         """Forget the conversation: the next turn starts a new dialogue."""
         self._state: DAGState = self.model.dag.initial_state()
         self._so_far = ConversationSoFar(self.encoder.spec.context_turns, self.encoder.spec.speaker_markers)
+        self._history.clear()
 
     @torch.inference_mode()
     def track(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None = None) -> TurnResult:
@@ -58,9 +63,27 @@ class DialogueTracker:
                   if has_text else None)
         encoded = time.perf_counter()
         features = {"text": vector} if vector is not None else {}
-        mask = torch.tensor([has_text, False, False], device=self.encoder.device)
-        probs, self._state = self.model.dag.step(self._state, features, mask, self._so_far.speaker_id(speaker))
+        before = self._state
+        probs, self._state = self._step(before, features, self._so_far.speaker_id(speaker))
         done = time.perf_counter()
-        return self._so_far.result(speaker, text, self.labels, probs.cpu().tolist(),
-                                   tuple(m for m, on in zip(MODALITIES, mask.tolist(), strict=True) if on),
-                                   {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
+        result = self._so_far.result(speaker, text, self.labels, probs, tuple(m for m in MODALITIES if m in features),
+                                     {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
+        self._history.keep(result, features, before)
+        return result
+
+    @torch.inference_mode()
+    def revise(self, speakers: Mapping[int, str | None]) -> list[TurnResult]:
+        """Correct the speakers of earlier turns (turn index, as `track` returned it -> speaker) and
+        recompute the graph from the earliest corrected one; returns the turns whose speaker, label
+        or probabilities changed. Only the last REVISABLE_TURNS turns can be revised (older indices
+        are ignored) and the text vectors are not re-encoded: see `RevisableTurns`."""
+        revised, state = self._history.revise(speakers, self._so_far, self.labels, self._step)
+        if state is not None:
+            self._state = state
+        return revised
+
+    def _step(self, state: DAGState, features: dict[str, Any], speaker: int) -> tuple[list[float], DAGState]:
+        """One DAG step from `state`, without touching the tracker's own."""
+        mask = torch.tensor([m in features for m in MODALITIES], device=self.encoder.device)
+        probs, after = self.model.dag.step(state, features, mask, speaker)
+        return probs.cpu().tolist(), after

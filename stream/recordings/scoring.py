@@ -10,6 +10,10 @@ is a miss). On the pairs:
 - transcript WER: over the whole conversation (all gold text against all predicted text, each in
   time order), so a turn split or merged by segmentation is not double-counted;
 - emotion weighted F1 and accuracy over paired gold turns that have an emotion.
+
+Everything is scored on the final state of the turns: each `turn.update` (a correction of an
+earlier turn's speaker, and so of its emotion) is folded into the turn it names first
+(`apply_updates`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from merc.stream.wire.events import apply_update
+
+UPDATE = "turn.update"
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class ReplayScores:
     emotion_weighted_f1: float | None
     emotion_accuracy: float | None
     emotion_turns: int
+    updated_turns: int = 0
+    """Predicted turns corrected by at least one `turn.update` before scoring."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,11 +86,40 @@ def speaker_mapping(gold: list[dict], predicted: list[dict], pairs: list[tuple[i
     return {pred_names[r]: gold_names[c] for r, c in zip(rows, cols, strict=True) if counts[r, c] > 0}
 
 
+def apply_updates(events: list[dict]) -> list[dict]:
+    """`events` with each `turn.update` folded into the turn it names and left out: the most recent
+    `turn` before it with that number (turn numbers start again after a reset) gets the update's
+    speaker, label, confidence and probabilities. An update naming no earlier turn is dropped (it
+    never creates one). Corrected turns are new dicts carrying `updates`, how many were folded into
+    them; the input is not changed. Events without updates come back as they were."""
+    folded: list[dict] = []
+    latest: dict[int, int] = {}  # turn number -> position in `folded` of the newest turn with it
+    for event in events:
+        kind = event.get("type")
+        number = event.get("turn")
+        if isinstance(number, bool) or not isinstance(number, int):
+            number = None  # not a turn number: nothing can name this turn, nor this update any turn
+        if kind == "turn":
+            if number is not None:
+                latest[number] = len(folded)
+            folded.append(event)
+        elif kind == UPDATE:
+            at = latest.get(number) if number is not None else None
+            if at is not None:
+                turn = folded[at]
+                folded[at] = {**apply_update(turn, event), "updates": turn.get("updates", 0) + 1}
+        else:
+            folded.append(event)
+    return folded
+
+
 def score_replay(gold: list[dict], events: list[dict]) -> ReplayScores:
-    """Scores of the `turn` events in `events` against `gold` (both with t_start/t_end in seconds)."""
+    """Scores of the `turn` events in `events` against `gold` (both with t_start/t_end in seconds),
+    after folding in any `turn.update` (`apply_updates`)."""
     import jiwer
     from sklearn.metrics import accuracy_score, f1_score
 
+    events = apply_updates(events)
     predicted = sorted((e for e in events if e.get("type") == "turn"), key=lambda e: e["t_start"])
     pairs = pair_turns(gold, predicted)
     mapping = speaker_mapping(gold, predicted, pairs)
@@ -97,7 +136,8 @@ def score_replay(gold: list[dict], events: list[dict]) -> ReplayScores:
     return ReplayScores(gold_turns=len(gold), predicted_turns=len(predicted), paired_turns=len(pairs),
                         missed_turns=len(gold) - len(pairs), extra_turns=len(predicted) - len(pairs),
                         speaker_accuracy=right / len(gold) if gold else 0.0, speaker_mapping=mapping, wer=wer,
-                        emotion_weighted_f1=wf1, emotion_accuracy=acc, emotion_turns=len(emo))
+                        emotion_weighted_f1=wf1, emotion_accuracy=acc, emotion_turns=len(emo),
+                        updated_turns=sum(bool(p.get("updates")) for p in predicted))
 
 
 def find_events(directory: Path) -> Path:
@@ -115,15 +155,40 @@ def find_events(directory: Path) -> Path:
 
 
 def read_events(path: Path) -> list[dict]:
-    """The events of a replay or session (JSONL), each `turn` checked for what scoring reads
-    (t_start, t_end, text, label, speaker); a RecordingError names the file and line otherwise."""
-    from merc.stream.recordings.recording import check_span, read_jsonl_lines
+    """The events of a replay or session (JSONL) in their final state: each `turn` checked for what
+    scoring reads (t_start, t_end, text, label, speaker), each `turn.update` for what it changes
+    (turn, label, speaker; confidence and probabilities when present), and the updates folded into
+    their turns (`apply_updates`); a RecordingError names the file and line otherwise."""
+    from merc.stream.recordings.recording import RecordingError, check_span, read_jsonl_lines
 
     rows = read_jsonl_lines(path, ("type",))
     for number, row in rows:
+        where = f"{path}:{number}"
         if row["type"] == "turn":
-            check_span(row, f"{path}:{number}", ("text", "label"), ("speaker",))
-    return [row for _, row in rows]
+            check_span(row, where, ("text", "label"), ("speaker",))
+        elif row["type"] == UPDATE:
+            problem = _update_problem(row)
+            if problem:
+                raise RecordingError(f"{where}: turn.update {problem}")
+    return apply_updates([row for _, row in rows])
+
+
+def _update_problem(row: dict) -> str | None:
+    """What is wrong with a `turn.update` line as scoring reads it, or None."""
+    missing = [key for key in ("turn", "speaker", "label") if key not in row]
+    if missing:
+        return f"is missing {', '.join(missing)}"
+    if isinstance(row["turn"], bool) or not isinstance(row["turn"], int):
+        return "turn must be a turn number"
+    if not isinstance(row["label"], str):
+        return "label must be a string"
+    if row["speaker"] is not None and not isinstance(row["speaker"], str):
+        return "speaker must be a string or null"
+    if "confidence" in row and (isinstance(row["confidence"], bool) or not isinstance(row["confidence"], int | float)):
+        return "confidence must be a number"
+    if "probs" in row and not isinstance(row["probs"], dict):
+        return "probs must be an object"
+    return None
 
 
 def format_scores(scores: ReplayScores) -> str:
@@ -133,7 +198,8 @@ def format_scores(scores: ReplayScores) -> str:
     return "\n".join([
         f"turns            {scores.predicted_turns} predicted / {scores.gold_turns} gold "
         f"({scores.paired_turns} paired, {scores.missed_turns} missed, {scores.extra_turns} extra)",
-        f"speaker accuracy {100 * scores.speaker_accuracy:.1f}%  mapping {scores.speaker_mapping}",
+        f"speaker accuracy {100 * scores.speaker_accuracy:.1f}%  mapping {scores.speaker_mapping}"
+        + (f"  ({scores.updated_turns} turns corrected by turn.update)" if scores.updated_turns else ""),
         f"transcript WER   {100 * scores.wer:.1f}%",
         f"emotion wF1      {emo}",
     ])

@@ -3,8 +3,9 @@
 Sans-I/O: the server pushes every published event into each client's `ClientQueue` and its send
 loop pops them; no socket or loop is involved here, so the policy is tested on its own. A client
 that reads slower than events arrive first loses the oldest *droppable* events (anything but a
-final `turn`: `turn.partial`, `status`, published `error`s, each superseded by a later one); when
-the queue holds nothing but final turns the client cannot catch up and must be disconnected
+final `turn` or a `turn.update`, which corrects one: `turn.partial`, `status`, published `error`s,
+each superseded by a later one); when the queue holds nothing but final turns the client cannot
+catch up and must be disconnected
 (`push` returns False), so one slow reader never holds memory or the pipeline hostage.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 __all__ = ["FINAL_TYPES", "ClientQueue", "Outgoing"]
 
-FINAL_TYPES = frozenset({"turn"})
+FINAL_TYPES = frozenset({"turn", "turn.update"})
+"""Events never shed: a turn, and a correction of one (a client without it would show a stale turn)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
     hello   first event on every connection: protocol version, session, model, labels
     turn    the final result of one turn: speaker, times, text, label, probabilities, modalities
             used, per-stage timings
+    turn.update  a correction of a turn already sent: its new speaker, label, confidence and
+            probabilities (`reason`: "speaker", the speaker was revised); never a new turn
     status  devices and modality availability changed (microphone, camera, face in view)
     error   something went wrong that the client should know about; the session goes on
     pong    the answer to a client's ping
@@ -21,13 +23,22 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
-from merc.stream.wire.messages import EVENT_TYPES, PROTOCOL_VERSION, Event, Turn, stamp
+from merc.stream.wire.messages import (
+    EVENT_TYPES,
+    PROTOCOL_VERSION,
+    UPDATE_FIELDS,
+    Event,
+    Turn,
+    TurnUpdate,
+    stamp,
+)
 
-__all__ = ["EVENT_TYPES", "PROTOCOL_VERSION", "EventBus", "schema", "turn_event"]
+__all__ = ["EVENT_TYPES", "PROTOCOL_VERSION", "EventBus", "RevisedTurn", "apply_update", "schema", "turn_event",
+           "turn_update_event", "turn_update_events"]
 
 Subscriber = Callable[[dict[str, Any]], None]
 
@@ -53,6 +64,45 @@ def turn_event(*, turn: int, speaker: str | None, t_start: float, t_end: float, 
     return Turn.of(turn=turn, speaker=speaker, t_start=t_start, t_end=t_end, text=text, label=label,
                    confidence=confidence, probs=probs, modalities=modalities, available=available,
                    timings_ms=timings_ms, speech_end=speech_end).body()
+
+
+def turn_update_event(*, turn: int, speaker: str | None, label: str, confidence: float,
+                      probs: Mapping[str, float], reason: str = "speaker") -> dict[str, Any]:
+    """The body of a `turn.update` event: turn number `turn` (a turn already published) now has this
+    speaker, label, confidence and probabilities; rounded as `turn_event` rounds."""
+    return TurnUpdate.of(turn=turn, speaker=speaker, label=label, confidence=confidence, probs=probs,
+                         reason=reason).body()
+
+
+class RevisedTurn(Protocol):
+    """What `turn_update_events` reads of a revised turn (merc.models.data.turns.TurnResult has it)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def speaker(self) -> str | None: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def probs(self) -> Mapping[str, float]: ...
+
+
+def turn_update_events(revised: Iterable[RevisedTurn], reason: str = "speaker") -> list[dict[str, Any]]:
+    """The `turn.update` bodies of what a tracker's `revise` returned, in order: publish each.
+
+        for body in turn_update_events(tracker.revise({3: "S2"})):
+            bus.publish(body)
+    """
+    return [turn_update_event(turn=r.index, speaker=r.speaker, label=r.label, confidence=r.confidence,
+                              probs=r.probs, reason=reason) for r in revised]
+
+
+def apply_update(turn: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`turn` (a `turn` event) as corrected by `update` (a `turn.update` naming it): a new dict with
+    the update's speaker, label, confidence and probabilities (those it carries) and all else kept."""
+    return {**turn, **{key: update[key] for key in UPDATE_FIELDS if key in update}}
 
 
 class EventBus:

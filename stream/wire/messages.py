@@ -3,6 +3,7 @@
 Server events (what `events.schema.json` describes; a test holds the two together):
     Hello   first event on every connection: the session's labels, model and modalities
     Turn    the final result of one turn
+    TurnUpdate  a correction of a turn already sent (its speaker was revised, so its emotion too)
     Status  devices and modality availability changed
     Error   a stable `code` and a fixed `message` from `ERRORS`; never exception text, which may
             name paths, hosts or data the client has no business seeing (the log has the details)
@@ -21,13 +22,20 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Final
 
 __all__ = [
-    "CONTROL_ACTIONS", "ENVELOPE_KEYS", "ERRORS", "EVENT_TYPES", "PROTOCOL_VERSION", "SERVER_EVENTS",
-    "ClientMessage", "Control", "ControlHandler", "Error", "Event", "Hello", "Invalid", "Ping", "Pong",
-    "Resume", "ServerEvent", "Status", "Turn", "error", "major_version", "stamp",
+    "CONTROL_ACTIONS", "ENVELOPE_KEYS", "ERRORS", "EVENT_TYPES", "PROTOCOL", "PROTOCOL_MINOR", "PROTOCOL_VERSION",
+    "SERVER_EVENTS", "UPDATE_FIELDS", "UPDATE_REASONS", "ClientMessage", "Control", "ControlHandler", "Error",
+    "Event", "Hello", "Invalid", "Ping", "Pong", "Resume", "ServerEvent", "Status", "Turn", "TurnUpdate", "error",
+    "major_version", "stamp",
 ]
 
 PROTOCOL_VERSION: Final = 1
-"""The major version: a client refuses events whose `v` it does not know (additions keep it)."""
+"""The major version, every event's `v`: a client refuses events whose `v` it does not know
+(additions keep it)."""
+PROTOCOL_MINOR: Final = 1
+"""The minor version, bumped by backward-compatible additions (clients ignore event types they do
+not know). 1.0: hello, turn, status, error, pong. 1.1: turn.update, and the hello's `protocol`."""
+PROTOCOL: Final = f"{PROTOCOL_VERSION}.{PROTOCOL_MINOR}"
+"""The full version, announced in the hello's `protocol` ("1.1")."""
 
 CONTROL_ACTIONS: Final = ("reset", "pause", "resume")
 ENVELOPE_KEYS: Final = frozenset({"v", "seq", "session", "sent", "direct"})
@@ -106,6 +114,8 @@ class Hello(Event):
     modalities: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     """The session's options by stage (merc.stream.session.options: no token, no paths); {} if not given."""
+    protocol: str = PROTOCOL
+    """The full protocol version, "major.minor" (since 1.1; a hello without it is from a 1.0 server)."""
 
     @classmethod
     def of(cls, info: Mapping[str, Any], last_seq: int = 0) -> Hello:
@@ -148,6 +158,40 @@ class Turn(Event):
                    timings_ms={k: round(v, 1) for k, v in timings_ms.items()}, speech_end=round(speech_end, 3))
 
 
+UPDATE_FIELDS: Final = ("speaker", "label", "confidence", "probs")
+"""What a `turn.update` replaces in the turn it names; everything else about the turn stays."""
+UPDATE_REASONS: Final = ("speaker",)
+"""Why a turn is updated: "speaker" (its speaker was revised, so the graph's speaker edges and with
+them its emotion changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUpdate(Event):
+    """A correction of a turn already sent (build it with `TurnUpdate.of`): the turn numbered `turn`
+    (the most recent one with that number: numbers start again after a reset) now has this speaker,
+    label, confidence and probabilities. It never creates a turn; a client that does not have the
+    turn ignores it."""
+
+    TYPE: ClassVar[str] = "turn.update"
+    turn: int
+    speaker: str | None
+    label: str
+    confidence: float
+    probs: Mapping[str, float]
+    reason: str
+
+    @classmethod
+    def of(cls, *, turn: int, speaker: str | None, label: str, confidence: float, probs: Mapping[str, float],
+           reason: str = "speaker") -> TurnUpdate:
+        """Rounded as `Turn.of` rounds (4 digits for probabilities); `reason` is one of UPDATE_REASONS."""
+        if reason not in UPDATE_REASONS:
+            raise ValueError(f"unknown turn.update reason {reason!r} (known: {', '.join(UPDATE_REASONS)})")
+        if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
+            raise ValueError(f"a turn.update names a turn by its number (an int >= 0), not {turn!r}")
+        return cls(turn=turn, speaker=speaker, label=label, confidence=round(confidence, 4),
+                   probs={k: round(v, 4) for k, v in probs.items()}, reason=reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Status(Event):
     """Devices changed: microphone, camera, face -> available (None: unknown)."""
@@ -173,8 +217,8 @@ class Pong(Event):
     TYPE: ClassVar[str] = "pong"
 
 
-ServerEvent = Hello | Turn | Status | Error | Pong
-SERVER_EVENTS: Final[tuple[type[Event], ...]] = (Hello, Turn, Status, Error, Pong)
+ServerEvent = Hello | Turn | TurnUpdate | Status | Error | Pong
+SERVER_EVENTS: Final[tuple[type[Event], ...]] = (Hello, Turn, TurnUpdate, Status, Error, Pong)
 EVENT_TYPES: Final = tuple(kind.TYPE for kind in SERVER_EVENTS)
 
 

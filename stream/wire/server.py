@@ -61,7 +61,8 @@ Limits and close codes:
       the others. The kept events are serialised once, when published, and a resume slices them
       from the newest end (no copy of the bus's history per resume).
     - Each connection has a bounded queue (`queue_size` events). When it is full the oldest
-      non-final events (turn.partial, status, published errors) are dropped first, never a `turn`;
+      non-final events (turn.partial, status, published errors) are dropped first, never a `turn`
+      or a `turn.update`;
       when it is full of turns the client is closed with 1008 "client too slow: ...". Its backlog
       (what a resume asked for) is not counted.
     - 1001 (going away) when the server stops; 1000 when the client closes. A connection is never
