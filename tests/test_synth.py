@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -22,14 +23,25 @@ from merc.stream.recordings.synth import (
     FEMALE_VOICES,
     MALE_VOICES,
     SAMPLE_RATE,
+    VOICE_POOL,
+    Engines,
+    EngineVoice,
     Espeak,
     SynthConfig,
     SynthError,
+    assign_engine_voices,
     assign_voices,
     clean_text,
+    conversational_layout,
+    emodb_dialogues,
+    filter_by_speakers,
     generate_recordings,
+    parse_speaker_range,
     select_dialogues,
+    speaker_count,
+    speaker_gains,
     synthesize_dialogue,
+    synthesize_emodb_dialogue,
 )
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "recordings"
@@ -309,3 +321,267 @@ def test_committed_fixtures_are_valid_and_current(name: str, tmp_path: Path, esp
     assert [(t.t_start, t.t_end) for t in rec.turns] == [(g["t_start"], g["t_end"]) for g in gold], \
         "the generator changed: regenerate the fixtures (tests/fixtures/recordings/README.md)"
     assert np.abs(rec.audio - audio).max() < 2 / 32768
+
+
+# ---------------------------------------------------------------- realistic conversations (issue 16)
+
+CONVERSATIONS = Path(__file__).resolve().parent / "fixtures" / "conversations"
+CONVERSATIONAL = SynthConfig(turn_taking="conversational", overlap_prob=0.15, overlap_s=(0.1, 1.0))
+
+
+def _needs(program: str) -> None:
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} (Debian package {program}) not installed: apt-get install flite festival "
+                    "festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts")
+
+
+def test_conversational_gaps_and_overlaps_follow_real_conversation() -> None:
+    """On 600 turns: gap median ~0.2 s with most gaps under 0.5 s, 10-20 % of speaker changes overlapping
+    by 0.1-1 s, one speaker's consecutive utterances apart by short pauses."""
+    rng = np.random.default_rng(0)
+    sizes = [int(rng.uniform(1.2, 3.5) * SAMPLE_RATE) for _ in range(600)]
+    speakers = ["A"]
+    for _ in range(599):  # mostly alternating, sometimes the same speaker again
+        speakers.append(speakers[-1] if rng.random() < 0.2 else ("B" if speakers[-1] == "A" else "A"))
+    starts, ends, overlaps = conversational_layout(sizes, speakers, CONVERSATIONAL, np.random.default_rng(1))
+    change = [(s - e) / SAMPLE_RATE for s, e, a, b in zip(starts[1:], ends[:-1], speakers[:-1], speakers[1:])
+              if a != b]
+    same = [(s - e) / SAMPLE_RATE for s, e, a, b in zip(starts[1:], ends[:-1], speakers[:-1], speakers[1:])
+            if a == b]
+    gaps = [g for g in change if g > 0]
+    overlapped = [-g for g in change if g < 0]
+    assert 0.17 <= float(np.median(gaps)) <= 0.23
+    assert np.mean(np.array(gaps) <= 0.5) >= 0.85 and max(gaps) <= 1.5 + 1e-6
+    assert 0.10 <= len(overlapped) / len(change) <= 0.20 and overlaps == len(overlapped)
+    assert min(overlapped) >= 0.1 - 1e-4 and max(overlapped) <= 1.0 + 1e-4
+    assert all(0.15 - 1e-4 <= p <= 1.2 + 1e-4 for p in same) and 0.33 <= float(np.median(same)) <= 0.47
+    assert all(a < b for a, b in itertools.pairwise(starts)), "turns keep their order"
+    for i in range(2, len(starts)):  # an overlap reaches back one turn only
+        assert starts[i] >= ends[i - 2]
+
+
+def test_a_conversational_recording_records_its_offsets(espeak: Espeak) -> None:
+    d = Dialogue("talk", tuple(Utterance("AB"[i % 2], f"This is sentence number {i} of our talk.", "neutral")
+                               for i in range(16)))
+    rec = synthesize_dialogue(d, replace(CONVERSATIONAL, noise_snr_db=20.0), espeak)
+    offsets = rec.synth["floor_transfer_offsets_s"]
+    assert offsets == [round(b.t_start - a.t_end, 5) for a, b in itertools.pairwise(rec.turns)]
+    assert rec.synth["speaker_changes"] == 15 and rec.synth["turn_taking"] == "conversational"
+    assert sum(o < 0 for o in offsets) == rec.synth["overlaps"]
+    assert 0.05 <= float(np.median([o for o in offsets if o > 0])) <= 0.45
+    assert rec.synth["language"] == "en" and rec.synth["text_scored"] is True
+
+
+def test_a_backchannel_is_spoken_inside_another_speakers_turn(espeak: Espeak) -> None:
+    d = Dialogue("bc", (Utterance("Nora", "I finally fixed the old radio, it needed a new fuse and a good "
+                                          "cleaning inside the case.", "joy"),
+                        Utterance("Sam", "Nice work.", "joy"), Utterance("Nora", "It plays again.", "joy")))
+    config = replace(CONVERSATIONAL, overlap_prob=0.0)
+    without = synthesize_dialogue(d, config, espeak)
+    rec = synthesize_dialogue(d, replace(config, backchannel_prob=1.0), espeak)
+    assert [t.speaker for t in rec.turns] == ["Nora", "Sam", "Nora"], "back-channels are not gold turns"
+    assert [(t.t_start, t.t_end) for t in rec.turns] == [(t.t_start, t.t_end) for t in without.turns]
+    (bc,) = rec.synth["backchannels"]  # only the first turn is long enough
+    host = rec.turns[bc["inside_turn"]]
+    assert bc["inside_turn"] == 0 and bc["speaker"] == "Sam" and bc["text"] in ("mm-hm", "yeah", "right", "uh-huh")
+    assert host.t_start < bc["t_start"] < bc["t_end"] < host.t_end
+    diff = rec.audio - without.audio  # the back-channel alone, where it was said
+    inside = np.zeros(diff.size, bool)
+    inside[round(bc["t_start"] * SAMPLE_RATE): round(bc["t_end"] * SAMPLE_RATE)] = True
+    assert np.abs(diff[~inside]).max() == 0
+    assert rms(diff[inside]) > 0.01
+    assert without.synth["backchannels"] == []
+
+
+def test_speakers_differ_in_loudness(espeak: Espeak, fixture_dialogues: list[Dialogue]) -> None:
+    kitchen = fixture_dialogues[0]
+
+    def levels(rec) -> dict[str, float]:
+        return {s: 20 * np.log10(rms(np.concatenate([span(rec.audio, t.t_start, t.t_end)
+                                                     for t in rec.turns if t.speaker == s]))) for s in ("Anna", "Ben")}
+
+    for seed in range(3):
+        config = replace(CONVERSATIONAL, overlap_prob=0.0, seed=seed)
+        plain = synthesize_dialogue(kitchen, config, espeak)
+        rec = synthesize_dialogue(kitchen, replace(config, loudness_range_db=10.0), espeak)
+        gains = rec.synth["gains_db"]
+        assert set(gains) == {"Anna", "Ben"} and all(-10.0 <= g <= 0.0 for g in gains.values())
+        assert "gains_db" not in plain.synth
+        before, after = levels(plain), levels(rec)
+        for speaker, gain in gains.items():
+            assert after[speaker] - before[speaker] == pytest.approx(gain, abs=0.05)
+    spreads = [np.ptp(list(speaker_gains(["A", "B"], seed, 10.0).values())) for seed in range(300)]
+    assert max(spreads) > 9.0 and 2.5 < float(np.mean(spreads)) < 4.2  # |U1 - U2| averages 10/3
+    assert all(-10 <= g <= 0 for seed in range(50) for g in speaker_gains("ABCD", seed, 10.0).values())
+
+
+def test_babble_noise_is_voices_at_the_requested_snr(espeak: Espeak, fixture_dialogues: list[Dialogue]) -> None:
+    bus = fixture_dialogues[1]
+    config = replace(CONVERSATIONAL, overlap_prob=0.0)
+    clean = synthesize_dialogue(bus, config, espeak)
+    engines = Engines({"espeak": espeak})
+    for snr in (20.0, 10.0):
+        noisy = synthesize_dialogue(bus, replace(config, noise_snr_db=snr, noise_kind="babble"), engines)
+        noise = noisy.audio.astype(np.float64) - clean.audio
+        voiced = np.concatenate([span(clean.audio, t.t_start, t.t_end) for t in clean.turns])
+        measured = 10 * np.log10(rms(voiced) ** 2 / rms(noise) ** 2)
+        assert measured == pytest.approx(snr, abs=0.3)
+        info = noisy.synth["noise"]
+        assert info["kind"] == "babble" and len(info["talkers"]) == 6
+        speakers = {(v["name"]) for v in noisy.synth["voices"].values()}
+        assert not speakers & {t["name"] for t in info["talkers"]}, "babble is other voices"
+    # speech-like: its power comes and goes far more than white noise's
+    frames = noise[: noise.size // 1600 * 1600].reshape(-1, 1600)
+    power = (frames ** 2).mean(axis=1)
+    white = np.random.default_rng(0).standard_normal(frames.size).reshape(-1, 1600)
+    assert power.std() / power.mean() > 3 * (white ** 2).mean(axis=1).std() / (white ** 2).mean(axis=1).mean()
+
+
+def test_flite_and_festival_voices_produce_speech() -> None:
+    _needs("flite")
+    _needs("festival")
+    engines = Engines.find(["flite", "festival"])
+    versions = engines.versions()
+    assert versions["flite"] and versions["festival"] and "unknown" not in versions.values()
+    for name in ("flite", "festival"):
+        voices = engines.pool(name)
+        assert len(voices) >= 2, f"{name}: voices {voices}"
+        for v in voices:
+            clip = engines.speak_many(["The meeting moved to Thursday afternoon."],
+                                      EngineVoice(name, v.name, stretch=1.0))[0]
+            assert 1.0 < clip.size / SAMPLE_RATE < 5.0, (name, v.name)
+            assert rms(clip) == pytest.approx(0.1, rel=0.2) or np.abs(clip).max() == pytest.approx(0.5, abs=0.01)
+
+
+def test_engine_voices_mix_engines_and_never_share_a_person() -> None:
+    _needs("flite")
+    _needs("festival")
+    engines = Engines.find(["espeak", "flite", "festival"])
+    names = ("espeak", "flite", "festival")
+    for seed in range(10):
+        voices = assign_engine_voices(["A", "B", "C", "D"], seed, engines, names)
+        assert voices == assign_engine_voices(["A", "B", "C", "D"], seed, engines, names)
+        persons = [next(p.person for p in VOICE_POOL[v.engine] if p.name == v.name) for v in voices.values()]
+        assert len(set(persons)) == 4
+        assert len({v.engine for v in list(voices.values())[:3]}) == 3, "the first speakers take each engine"
+    two = [tuple(v.engine for v in assign_engine_voices(["A", "B"], s, engines, names).values()) for s in range(10)]
+    assert all(a != b for a, b in two)
+
+
+def test_emodb_dialogues_have_human_speakers_and_gold_spans(data_dir: Path) -> None:
+    from merc.stream.recordings.synth import _read_clip
+
+    made = emodb_dialogues(data_dir, 3, (2, 2), turns=6, seed=0)
+    assert made == emodb_dialogues(data_dir, 3, (2, 2), turns=6, seed=0)
+    config = replace(CONVERSATIONAL, overlap_prob=0.0)
+    for d in made:
+        rec = synthesize_emodb_dialogue(d, config)
+        assert len(rec.turns) == 6 and len({t.speaker for t in rec.turns}) == 2
+        assert rec.synth["language"] == "de" and rec.synth["text_scored"] is False
+        for turn, source in zip(rec.turns, d.turns):
+            name = source.path.name
+            assert turn.speaker == name[:2] and turn.text == ""
+            assert turn.emotion == {"W": "anger", "F": "happiness", "T": "sadness", "N": "neutral"}[name[5]]
+            clip = _read_clip(source.path, config.max_internal_pause_s)
+            assert turn.t_end - turn.t_start == pytest.approx(clip.size / SAMPLE_RATE, abs=1e-4)
+            heard = rec.audio[round(turn.t_start * SAMPLE_RATE): round(turn.t_start * SAMPLE_RATE) + clip.size]
+            assert np.abs(heard - clip).max() < 1e-6, "the gold span holds exactly that recording"
+        assert rec.synth["files"] == [t.path.name for t in d.turns]
+    big = emodb_dialogues(data_dir, 4, (3, 4), turns=10, seed=1)
+    assert all(3 <= len({t.speaker for t in d.turns}) <= 4 for d in big)
+
+
+def test_speaker_count_filter_and_range(data_dir: Path) -> None:
+    meld = load_corpus("meld", data_dir, "test")
+    two = filter_by_speakers(meld, (2, 2), max_turns=10, min_turns=6)
+    many = filter_by_speakers(meld, parse_speaker_range("3-4"), max_turns=10)
+    assert two and many and not {d.id for d in two} & {d.id for d in many}
+    for d in two:
+        spoken = [u for u in d.utterances if clean_text(u.text)][:10]
+        assert len({u.speaker for u in spoken}) == 2 and len(spoken) >= 6
+    assert all(3 <= speaker_count(d, 10) <= 4 for d in many)
+    assert parse_speaker_range("2") == (2, 2)
+    for bad in ("0", "4-3", "two"):
+        with pytest.raises(SynthError, match="speakers"):
+            parse_speaker_range(bad)
+
+
+def test_cli_realistic_options(tmp_path: Path, data_dir: Path) -> None:
+    _needs("flite")
+    assert main(["--corpus", "meld", "--data-dir", str(data_dir), "--speakers", "2", "--min-turns", "6",
+                 "--count", "1", "--max-turns", "6", "--turn-taking", "conversational", "--backchannels", "0.5",
+                 "--loudness-range", "10", "--engines", "espeak,flite", "--noise-kind", "babble",
+                 "--noise-snr", "20", "--babble-talkers", "3", "--out", str(tmp_path)]) == 0
+    (path,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    audio, gold, manifest = read_recording(path)
+    synth = manifest["synth"]
+    assert len(gold) == 6 and len({g["speaker"] for g in gold}) == 2
+    assert set(synth["engines"]) == {"espeak", "flite"} and synth["speakers"] == [2, 2]
+    assert synth["overlap_prob"] == 0.15 and synth["overlap_s"] == [0.1, 1.0]
+    assert {v["engine"] for v in synth["voices"].values()} == {"espeak", "flite"}
+    assert synth["noise"]["kind"] == "babble" and len(synth["noise"]["talkers"]) == 3
+    assert len(synth["gains_db"]) == 2
+
+
+def test_cli_emodb(tmp_path: Path, data_dir: Path) -> None:
+    assert main(["--corpus", "emodb", "--data-dir", str(data_dir), "--count", "2", "--speakers", "3-4",
+                 "--max-turns", "5", "--turn-taking", "conversational", "--out", str(tmp_path)]) == 0
+    paths = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(paths) == 2
+    for path in paths:
+        _, gold, manifest = read_recording(path)
+        assert len(gold) == 5 and all(g["text"] == "" for g in gold)
+        assert manifest["synth"]["corpus"] == "emodb" and manifest["synth"]["text_scored"] is False
+
+
+FIXTURE_COMMANDS = {  # tests/fixtures/conversations/README.md: the commands that made them
+    "short_gaps": ["--pause", "0.1", "0.3", "--overlap-prob", "0", "--engines", "espeak,flite"],
+    "overlap": ["--pause", "0.3", "0.5", "--overlap-prob", "1", "--overlap", "0.5", "0.5", "--engines", "espeak,flite"],
+    "three_speakers": ["--turn-taking", "conversational", "--overlap-prob", "0", "--engines",
+                       "espeak,flite,festival"],
+    "backchannel": ["--turn-taking", "conversational", "--overlap-prob", "0", "--backchannels", "1", "--engines",
+                    "espeak,flite"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_COMMANDS))
+def test_conversation_fixtures_load_and_are_current(name: str, tmp_path: Path) -> None:
+    from merc.stream.recordings.recording import open_recording, read_gold
+
+    path = CONVERSATIONS / name
+    assert sum(f.stat().st_size for f in path.iterdir()) < 1_000_000
+    rec = open_recording(path)
+    assert rec.problems == ()
+    gold = read_gold(rec)
+    audio, _, manifest = read_recording(path)
+    assert manifest["duration_s"] <= 20.0
+    synth = manifest["synth"]
+    offsets = synth["floor_transfer_offsets_s"]
+    if name == "short_gaps":
+        assert len(gold) == 6 and len({g["speaker"] for g in gold}) == 2
+        assert all(0.1 - 1e-3 <= o <= 0.3 + 1e-3 for o in offsets) and len(offsets) == 5
+    elif name == "overlap":
+        assert len({g["speaker"] for g in gold}) == 2 and synth["overlaps"] == 1
+        assert [o for o in offsets if o < 0] == [pytest.approx(-0.5, abs=1e-3)]
+    elif name == "three_speakers":
+        assert len({g["speaker"] for g in gold}) == 3
+        assert len({v["engine"] for v in synth["voices"].values()}) == 3
+    else:
+        (bc,) = synth["backchannels"]
+        host = gold[bc["inside_turn"]]
+        assert host["t_start"] < bc["t_start"] < bc["t_end"] < host["t_end"] and bc["speaker"] != host["speaker"]
+    needed = {"espeak": "espeak-ng", "flite": "flite", "festival": "festival"}
+    for engine in synth["engines"]:
+        _needs(needed[engine])
+    engines = Engines.find(list(synth["engines"]))
+    pools = {name: [v.name for v in engines.pool(name)] for name in synth["engines"]}
+    if engines.versions() != synth["engines"] or pools != synth["voice_pools"]:
+        pytest.skip(f"fixtures were made with {synth['engines']} (voices {synth['voice_pools']}), this machine has "
+                    f"{engines.versions()} (voices {pools})")
+    assert main(["--dialogues", str(CONVERSATIONS / "dialogues.jsonl"), "--dialogue-ids", name,
+                 *FIXTURE_COMMANDS[name], "--out", str(tmp_path)]) == 0
+    again, gold_again, manifest_again = read_recording(tmp_path / name)
+    assert manifest_again["synth"]["voices"] == synth["voices"]
+    assert [(g["t_start"], g["t_end"]) for g in gold_again] == [(g["t_start"], g["t_end"]) for g in gold], \
+        "the generator changed: regenerate the fixtures (tests/fixtures/conversations/README.md)"
+    assert np.abs(again - audio).max() < 2 / 32768
