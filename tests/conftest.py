@@ -77,3 +77,15 @@ def write_face_video(data_dir: Path, path: Path, seconds: float) -> Path:
 # filesystem path (any absolute POSIX path of two or more parts, or a Windows drive path). URLs
 # ("ws://host/path") and units ("messages/s") do not match.
 CLIENT_LEAK = re.compile(r"\b\w+(Error|Exception)\b|Traceback|(?<![\w:/.])/[\w.-]+/[\w./-]*|\b[A-Za-z]:\\")
+
+
+def command(name: str) -> str:
+    """The installed console script `name` of the interpreter running the tests (no activated
+    environment needed: scripts are installed next to it)."""
+    import shutil
+    import sys
+
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed next to {sys.executable} (pip install -e .)")
+    return found

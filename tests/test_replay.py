@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from conftest import write_face_video
+from conftest import command, write_face_video
 
 from merc.clients.client import follow
 from merc.stream.capture.audio import WavFileSource
@@ -70,7 +70,9 @@ def test_fixtures_are_small_and_complete():
 
 @pytest.mark.parametrize("directory", RECORDINGS + [example_recording()], ids=lambda p: p.name)
 def test_replay_end_to_end(directory, processor):
-    """Turn count, speakers, transcripts within WER 25 %, every event valid against the schema."""
+    """Turn count, speakers, transcripts within WER 25 % (30 % with an overlap: the overlapping
+    words are now cut between the two speakers' turns, where they used to be one merged turn), every
+    event valid against the schema."""
     events = replay(directory, processor)
     validator = jsonschema.Draft202012Validator(schema())
     for event in events:
@@ -80,7 +82,7 @@ def test_replay_end_to_end(directory, processor):
     overlaps = sum(b["t_start"] < a["t_end"] for a, b in zip(gold, gold[1:]))  # overlapping turns may merge
     assert gold_turns_found(scores, overlaps), scores
     assert scores.speaker_accuracy >= 0.8, scores
-    assert scores.wer <= 0.25, scores
+    assert scores.wer <= (0.3 if overlaps else 0.25), scores
     turns = [e for e in events if e["type"] == "turn"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert all(t["modalities"] == ["text"] and "audio" in t["available"] for t in turns)
@@ -101,7 +103,7 @@ def test_replay_command_and_eval_command(tmp_path):
     assert (rec / "replay.events.jsonl").is_file() and "x real time" in out.stderr
     rows = [line for line in out.stdout.splitlines() if line[:3].strip().isdigit()]
     assert len(rows) >= 3
-    scored = subprocess.run(["merc-eval", "--replay", str(rec), "--json"],
+    scored = subprocess.run([command("merc-eval"), "--replay", str(rec), "--json"],
                             capture_output=True, text=True, timeout=120)
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)

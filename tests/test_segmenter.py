@@ -72,3 +72,55 @@ def test_vad_model_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(VADError, match="bad.onnx"):
         SileroVAD(bad)
+
+
+# --- a change of voice ends a turn without a long silence ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def voice_change():
+    from merc.stream.turns.speaker_change import VoiceChangeDetector
+    from merc.stream.turns.speakers import SpeakerEmbedder
+
+    return VoiceChangeDetector(SpeakerEmbedder().embed)
+
+
+def segment_voices(audio: np.ndarray, detector, options: SegmenterOptions | None = None):
+    seg = TurnSegmenter(SileroVAD(), options, voice_change=detector)
+    out = []
+    for i in range(0, len(audio), 1600):
+        out += list(seg.feed(AudioChunk(i / 16000, audio[i:i + 1600], time.monotonic())))
+    return out + list(seg.flush())
+
+
+def test_a_new_voice_after_a_short_gap_starts_a_new_turn(voice_change):
+    a = say("Did you remember to buy the tickets for tonight?", "en-us+m3", pitch=40, speed=150)
+    b = say("Of course I did, they are on the kitchen table.", "en-us+f2", pitch=65, speed=140)
+    gap = 0.2  # far below min_silence: silence alone makes one turn of the two
+    audio = np.concatenate([silence(0.5), a, silence(gap), b, silence(1.0)])
+    assert len(segment_voices(audio, None)) == 1
+    turns = segment_voices(audio, voice_change)
+    assert len(turns) == 2, [(t.t_start, t.t_end) for t in turns]
+    boundary = 0.5 + len(a) / 16000 + gap / 2
+    assert abs(turns[0].t_end - boundary) < 0.2 and abs(turns[1].t_start - boundary) < 0.2
+    assert not turns[0].new_voice and turns[1].new_voice
+    # the first turn's end of speech is before the second voice began; its decision came after
+    assert turns[0].speech_end_clock <= turns[1].speech_end_clock
+    # no audio is lost or shared at the cut
+    assert abs(turns[1].t_start - turns[0].t_end) < 1e-6
+
+
+def test_the_same_voice_after_a_short_pause_stays_one_turn(voice_change):
+    voice = dict(voice="en-us+f2", pitch=65, speed=140)
+    audio = np.concatenate([silence(0.5), say("Well, I thought about it all night long.", **voice), silence(0.25),
+                            say("And honestly, I still do not know what to do.", **voice), silence(1.0)])
+    assert len(segment_voices(audio, voice_change)) == 1
+
+
+def test_voice_change_can_be_switched_off(voice_change):
+    a = say("Are you coming with us to the beach?", "en-us+m3", pitch=40, speed=150)
+    b = say("No, I have to work all weekend.", "en-us+f2", pitch=65, speed=140)
+    audio = np.concatenate([silence(0.5), a, silence(0.2), b, silence(1.0)])
+    assert len(segment_voices(audio, voice_change, SegmenterOptions(split_on_voice=True))) == 2
+    # split_on_voice is read by the session (no detector is built when off); here: no detector
+    assert len(segment_voices(audio, None, SegmenterOptions(split_on_voice=False))) == 1

@@ -243,3 +243,46 @@ def test_sample_rate_does_not_change_the_voice(data_dir, embedder):
     at_16k = embedder.embed(audio)
     at_44k = embedder.embed(resample_poly(audio, 441, 160).astype(np.float32), sample_rate=44100)
     assert float(at_16k @ at_44k) > 0.98
+
+
+# --- short turns, revision of earlier turns -----------------------------------------------------
+
+
+def test_a_short_turn_never_opens_a_speaker_but_joins_a_close_one():
+    attributor = SpeakerAttributor()
+    assert attributor.assign(at_angle(0), seconds=0.5) is None  # nobody yet: unknown, not S1
+    assert attributor.assign(at_angle(0), seconds=2.0) == "S1"
+    assert attributor.assign(at_angle(45), seconds=0.6) == "S1"  # cos 45 = 0.71: below 0.78, above 0.6
+    assert attributor.assign(at_angle(90), seconds=0.6) is None  # far from everyone: unknown
+    assert attributor.speakers == 1
+    assert attributor.assign(at_angle(90), seconds=2.0) == "S2"  # a long turn does open one
+
+
+def test_revise_moves_an_early_turn_to_the_speaker_it_turned_out_to_be_closer_to():
+    attributor = SpeakerAttributor(threshold=0.85)
+    assert [attributor.assign(at_angle(d), seconds=2.0) for d in (30, 0)] == ["S1", "S1"]
+    assert attributor.revise() == {}
+    assert attributor.assign(at_angle(50), seconds=2.0) == "S2"
+    assert attributor.revise() == {0: "S2"}  # 30 is 20 degrees from S2, 30 from the rest of S1
+    assert attributor.revise() == {}  # settled: nothing moves twice
+    assert attributor.assign(at_angle(0), seconds=2.0) == "S1"
+
+
+def test_revise_never_moves_a_speakers_only_turn_to_a_voice_it_would_not_have_joined():
+    attributor = SpeakerAttributor()
+    labels = [attributor.assign(at_angle(d), seconds=2.0) for d in (0, 60, 0, 60)]
+    assert labels == ["S1", "S2", "S1", "S2"]
+    assert attributor.revise() == {}
+
+
+def test_revise_folds_two_labels_of_one_voice_into_the_first_and_places_unknown_turns():
+    attributor = SpeakerAttributor(threshold=0.9, margin=0.0)
+    assert attributor.assign(at_angle(0), seconds=2.0) == "S1"
+    assert attributor.assign(at_angle(30), seconds=2.0) == "S2"  # cos 30 = 0.87 < 0.9
+    # the first speaker's later turns drift toward the second label until the two centroids meet
+    for degrees in (15, 15, 15, 15):
+        attributor.assign(at_angle(degrees), seconds=2.0)
+    changed = attributor.revise()
+    assert set(changed.values()) == {"S1"} and 1 in changed
+    assert attributor.speakers == 1
+    assert attributor.assign(at_angle(14), seconds=2.0) == "S1"

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import command as installed
 
 from merc.models.dag.checkpoint import ModelError, load_model
 from merc.models.dag.tracker import DialogueTracker, default_model_dir
@@ -97,7 +98,7 @@ def test_main_command_json_output_and_bad_input(tmp_path):
 @pytest.mark.parametrize("command", ["merc-live", "merc-replay", "merc-track", "merc-synth", "merc-train", "merc-eval",
                                      "merc-export"])
 def test_every_command_explains_itself(command):
-    out = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([installed(command), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and len(out.stdout) > 400
 
 

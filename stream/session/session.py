@@ -17,6 +17,7 @@ from merc.stream.session.options import SessionOptions
 from merc.stream.session.pipeline import Pipeline, TurnProcessor
 from merc.stream.session.seams import Audio, AudioSource, Tracker
 from merc.stream.turns.segmenter import TurnSegmenter
+from merc.stream.turns.speaker_change import VoiceChangeDetector
 from merc.stream.wire.events import EventBus
 
 if TYPE_CHECKING:
@@ -59,7 +60,11 @@ class Session:
     def pipeline(self, source: AudioSource, on_audio: Callable[[Audio], None] | None = None) -> Pipeline:
         """A pipeline from `source` through a fresh segmenter (and VAD state) to this session's
         processor and bus."""
-        segmenter = TurnSegmenter(SileroVAD(), self.options.segmenter)
+        options = self.options.segmenter
+        embedder = self.processor.embedder
+        change = (VoiceChangeDetector(embedder.embed)
+                  if options.split_on_voice and embedder is not None else None)
+        segmenter = TurnSegmenter(SileroVAD(), options, voice_change=change)
         return Pipeline(source, segmenter, self.processor, self.bus, on_audio=on_audio, paused=self.paused)
 
     def serve(self, process_request: Callable[..., Any] | None = None) -> EventServer:

@@ -1,13 +1,19 @@
 """Turn segmentation: audio chunks in, one `SpeechSegment` per spoken turn out.
 
 A turn starts when the VAD's speech probability reaches `threshold` and ends after `min_silence`
-seconds below `neg_threshold` (hysteresis, so a dip inside a word does not end it). This
-matches how the corpora are labelled, one utterance per turn: a pause of about half a second or
-more between utterances. Turns longer than `max_turn` are split (a monologue still gets
-emotions as it goes), and bursts shorter than `min_turn` are dropped (clicks, coughs).
+seconds below `neg_threshold` (hysteresis, so a dip inside a word does not end it). Turns longer
+than `max_turn` are split (a monologue still gets emotions as it goes), and bursts shorter than
+`min_turn` are dropped (clicks, coughs).
 
-The segmenter is plain logic over a probability function: it holds no thread and no device, so
-it is fed by live capture and by replay alike.
+People answer each other after gaps of about 200 ms, far shorter than any silence wait that does
+not also cut turns at breaths. So a turn also ends where the *voice* changes: when speech resumes
+after a pause of at least `change_pause`, the speech before the pause (up to `change_context`
+seconds) and the first `change_probe` seconds after it go to `voice_change`, and if it says the
+voices differ the turn ends at the pause and the new speech opens the next turn. Without a
+`voice_change` function the segmenter uses silence alone.
+
+The segmenter is plain logic over a probability function (and the optional voice comparison): it
+holds no thread and no device, so it is fed by live capture and by replay alike.
 """
 from __future__ import annotations
 
@@ -20,6 +26,10 @@ import numpy as np
 
 from merc.stream.capture.audio import SAMPLE_RATE, AudioChunk
 from merc.stream.capture.vad import FRAME
+
+VoiceChange = Callable[[np.ndarray, np.ndarray], "float | None"]
+"""(speech before a pause, speech after it) -> how similar the two voices are (cosine; None:
+cannot tell)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,31 @@ class SegmenterOptions:
     """A turn longer than this is split, so long monologues still get results."""
     pad: float = 0.1
     """Audio kept before the first and after the last speech frame (soft onsets and endings)."""
+    change_pause: float = 0.064
+    """A dip at least this long inside a turn is where a new voice may take over."""
+    change_dip: float = 0.8
+    """Frames below this speech probability make such a dip. Stricter than `neg_threshold`: between
+    two speakers 130 ms apart the VAD often falls below 0.35 for a single frame, below 0.8 for three."""
+    change_probe: float = 0.75
+    """Seconds of speech after such a pause compared with the speech before it."""
+    change_context: float = 3.0
+    """At most this much of the turn's speech before the pause is compared."""
+    change_min_speech: float = 0.3
+    """Less speech than this on either side of a pause cannot be compared (no decision)."""
+    change_threshold: float = 0.70
+    """Voice similarity (cosine) below which the voices differ (stream/turns/speaker_change.py)."""
+    change_threshold_short: float = 0.55
+    """The same when the speech before the pause is shorter than `change_probe` (a short
+    embedding is a noisy one: "Well, ..." must not read as a new voice)."""
+    change_hop: float = 0.5
+    """While speech goes on without a dip, every this many seconds the last `change_probe` seconds are
+    compared with the speech before them: the overlap case, where the next speaker starts before
+    the last one stops (0: never)."""
+    change_threshold_window: float = 0.5
+    """The similarity below which such a comparison ends the turn; stricter than at a pause, where a
+    change is far more likely."""
+    split_on_voice: bool = True
+    """Whether a change of voice ends a turn at all (False: silence alone, as before)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (every field is seconds or a probability)."""
@@ -59,32 +94,56 @@ class SpeechSegment:
     """time.monotonic() when the segmenter decided the turn was over (after the silence wait)."""
     split: bool = False
     """True when the turn was cut at `max_turn` rather than ended by silence."""
+    new_voice: bool = False
+    """True when the turn began where the voice changed from the previous turn's (no silence)."""
 
     @property
     def duration(self) -> float:
         return len(self.audio) / SAMPLE_RATE
 
 
+@dataclass
+class _Pause:
+    """A pause inside the turn in progress: a candidate for a change of voice."""
+
+    last_speech: int
+    """Frame index of the last speech frame before the pause."""
+    resumed: int
+    """Frame index of the first speech frame after it."""
+    speech_end_clock: float
+    """When that last speech frame arrived (the previous turn's end of speech, if it is one)."""
+    speech_after: int = 0
+    """Speech frames since the pause."""
+    window: bool = False
+    """True for a window inside continuous speech rather than a real pause."""
+
+
 class TurnSegmenter:
-    """Streaming VAD segmentation of one audio stream."""
+    """Streaming VAD segmentation of one audio stream (optionally split at changes of voice)."""
 
     def __init__(self, vad: Callable[[np.ndarray], float], options: SegmenterOptions | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, voice_change: VoiceChange | None = None) -> None:
         import time
 
         self.vad = vad
         self.options = options or SegmenterOptions()
+        self.voice_change = voice_change
         self._clock = clock or time.monotonic
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet a whole VAD frame
-        self._pending_t = 0.0
         self._frames_seen = 0
-        pad_frames = max(1, round(self.options.pad * SAMPLE_RATE / FRAME))
-        self._preroll: deque[tuple[int, np.ndarray]] = deque(maxlen=pad_frames)
+        self._pad_frames = max(1, round(self.options.pad * SAMPLE_RATE / FRAME))
+        self._preroll: deque[np.ndarray] = deque(maxlen=self._pad_frames)
         self._turn: list[np.ndarray] | None = None  # frames of the turn in progress
         self._turn_first = 0  # frame index of the turn's first kept frame
+        self._turn_new_voice = False
         self._last_speech = 0  # frame index of the last speech frame
         self._last_speech_clock = 0.0
         self._silent_frames = 0
+        self._pause: _Pause | None = None
+        self._since_window = 0  # speech frames since the last window comparison
+        self._dip_frames = 0  # consecutive frames below change_dip
+        self._last_voiced = 0  # frame index of the last frame at or above change_dip
+        self._last_voiced_clock = 0.0
 
     @property
     def frame_seconds(self) -> float:
@@ -93,6 +152,9 @@ class TurnSegmenter:
     @property
     def in_turn(self) -> bool:
         return self._turn is not None
+
+    def _frames(self, seconds: float) -> int:
+        return max(1, round(seconds / self.frame_seconds))
 
     def feed(self, chunk: AudioChunk) -> Iterator[SpeechSegment]:
         """Add a chunk; yield each turn this chunk completes."""
@@ -105,9 +167,7 @@ class TurnSegmenter:
     def flush(self) -> Iterator[SpeechSegment]:
         """End of stream: close the turn in progress, if any."""
         if self._turn is not None:
-            segment = self._close(split=False)
-            if segment is not None:
-                yield segment
+            yield from self._end_turn()
 
     def _frame(self, frame: np.ndarray, arrived: float) -> Iterator[SpeechSegment]:
         o = self.options
@@ -116,23 +176,40 @@ class TurnSegmenter:
         p = self.vad(frame)
         if self._turn is None:
             if p >= o.threshold:
-                self._turn = [f for _, f in self._preroll] + [frame]
+                self._turn = [*self._preroll, frame]
                 self._turn_first = index - len(self._preroll)
+                self._turn_new_voice = False
                 self._mark_speech(index, arrived)
+                self._dip_frames, self._last_voiced, self._last_voiced_clock = 0, index, arrived
                 self._preroll.clear()
             else:
-                self._preroll.append((index, frame))
+                self._preroll.append(frame)
             return
         self._turn.append(frame)
+        voiced = p >= o.change_dip
+        resumed = self.voice_change is not None and voiced and self._dip_frames >= self._frames(o.change_pause)
+        if voiced:
+            last_voiced, last_voiced_clock = self._last_voiced, self._last_voiced_clock
+            self._dip_frames, self._last_voiced, self._last_voiced_clock = 0, index, arrived
+        else:
+            self._dip_frames += 1
         if p >= o.neg_threshold:
+            if resumed:
+                yield from self._decide(final=False)  # a pause still open when this one comes
+                if self._turn is not None and last_voiced >= self._turn_first:
+                    self._pause = _Pause(last_voiced, index, last_voiced_clock)
             self._mark_speech(index, arrived)
+            if self._pause is not None:
+                self._pause.speech_after += 1
+                if self._pause.speech_after >= self._frames(o.change_probe):
+                    yield from self._decide(final=False)
+            elif self.voice_change is not None and o.change_hop > 0 and self._turn is not None:
+                yield from self._window(index, arrived)
         else:
             self._silent_frames += 1
         if self._silent_frames * self.frame_seconds >= o.min_silence:
-            segment = self._close(split=False)
-            if segment is not None:
-                yield segment
-        elif len(self._turn) * self.frame_seconds >= o.max_turn:
+            yield from self._end_turn()
+        elif self._turn is not None and len(self._turn) * self.frame_seconds >= o.max_turn:
             segment = self._close(split=True)
             if segment is not None:
                 yield segment
@@ -142,20 +219,80 @@ class TurnSegmenter:
         self._last_speech_clock = arrived
         self._silent_frames = 0
 
+    def _window(self, index: int, arrived: float) -> Iterator[SpeechSegment]:
+        """Every `change_hop` of speech, compare the last `change_probe` with what came before."""
+        o = self.options
+        self._since_window += 1
+        probe = self._frames(o.change_probe)
+        if self._since_window < self._frames(o.change_hop) or index + 1 - probe - self._turn_first < probe:
+            return
+        self._since_window = 0
+        start = index + 1 - probe
+        # a voice that differs over the whole probe began before it, while the last one still spoke:
+        # the cut goes half a probe earlier (on the overlap fixtures: closer to the onset, fewer
+        # words of the new speaker left in the old turn)
+        cut = max(self._turn_first + probe // 2, start - probe // 2)
+        self._pause = _Pause(cut - 1, cut, arrived - (index + 1 - cut) * self.frame_seconds,
+                             speech_after=index + 1 - cut, window=True)
+        yield from self._decide(final=False)
+
+    def _end_turn(self) -> Iterator[SpeechSegment]:
+        """Silence (or the end of the stream) ends the turn: first settle an open pause."""
+        yield from self._decide(final=True)
+        segment = self._close(split=False)
+        if segment is not None:
+            yield segment
+
+    def _decide(self, final: bool) -> Iterator[SpeechSegment]:
+        """Settle the open pause, if any: when the voice after it differs, the turn ends there."""
+        pause, self._pause = self._pause, None
+        if pause is None or self._turn is None or self.voice_change is None:
+            return
+        o = self.options
+        if pause.speech_after < self._frames(o.change_min_speech):
+            return
+        first = self._turn_first
+        before = self._turn[max(0, pause.last_speech + 1 - self._frames(o.change_context) - first):
+                            pause.last_speech + 1 - first]
+        after = self._turn[pause.resumed - first:self._last_speech + 1 - first]
+        if len(before) < self._frames(o.change_min_speech):
+            return
+        similarity = self.voice_change(np.concatenate(before), np.concatenate(after))
+        threshold = (o.change_threshold_window if pause.window else
+                     o.change_threshold if len(before) >= self._frames(o.change_probe) else o.change_threshold_short)
+        if similarity is None or similarity >= threshold:
+            return
+        # the old turn keeps up to `pad` after its last word, the new one up to `pad` before its first,
+        # and a short pause is shared between them
+        cut = pause.last_speech + 1 + min(self._pad_frames, (pause.resumed - pause.last_speech - 1) // 2)
+        rest = self._turn[cut - first:]
+        self._turn = self._turn[:cut - first]
+        last_speech, last_clock = self._last_speech, self._last_speech_clock
+        self._last_speech, self._last_speech_clock = pause.last_speech, pause.speech_end_clock
+        segment = self._close(split=False)
+        self._turn, self._turn_first, self._turn_new_voice = rest, cut, True
+        self._last_speech, self._last_speech_clock = last_speech, last_clock
+        if segment is not None:
+            yield segment
+
     def _close(self, split: bool) -> SpeechSegment | None:
         o = self.options
         frames = self._turn or []
-        pad_frames = max(1, round(o.pad * SAMPLE_RATE / FRAME))
-        keep = len(frames) if split else min(len(frames), self._last_speech - self._turn_first + 1 + pad_frames)
-        audio = np.concatenate(frames[:keep]) if keep else np.zeros(0, dtype=np.float32)
+        keep = len(frames) if split else min(len(frames), self._last_speech - self._turn_first + 1 + self._pad_frames)
+        audio = np.concatenate(frames[:keep]) if keep > 0 else np.zeros(0, dtype=np.float32)
         speech = (self._last_speech - self._turn_first + 1) * self.frame_seconds
         t_start = self._turn_first * self.frame_seconds
+        new_voice = self._turn_new_voice
         self._turn = None
         self._silent_frames = 0
+        self._pause = None
+        self._turn_new_voice = False
+        self._since_window = 0
         if speech < o.min_turn and not split:
             return None
         if split:  # the next frames continue the same speech as a new turn
             self._turn = []
             self._turn_first = self._frames_seen
         return SpeechSegment(t_start=t_start, t_end=t_start + len(audio) / SAMPLE_RATE, audio=audio,
-                             speech_end_clock=self._last_speech_clock, decided_clock=self._clock(), split=split)
+                             speech_end_clock=self._last_speech_clock, decided_clock=self._clock(), split=split,
+                             new_voice=new_voice)

@@ -8,7 +8,7 @@ than risking a wrong edge in the dialogue graph.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +40,21 @@ FACE_CONSISTENCY = 0.8
 DEFAULT_MAX_CLUSTERS = 32
 # The face tracks whose votes are kept (the most recently seen; a long session sees many tracks).
 FACE_TRACKS_KEPT = 64
+# Turns shorter than this (seconds of audio) give noisy embeddings: "Hmm?", "Yeah.", "No." They
+# never open a new speaker; they join the nearest one when at least SHORT_TURN_THRESHOLD similar,
+# else they are unknown. (Each one used to open a new speaker.)
+SHORT_TURN_SECONDS = 1.0
+SHORT_TURN_THRESHOLD = 0.6
+# A turn's weight in its speaker's centroid is its length in seconds, within these bounds: a long
+# turn's embedding is the surer one.
+WEIGHT_BOUNDS = (0.3, 4.0)
+# `revise` reconsiders the last REVISABLE_TURNS turns (the tracker can recompute as many).
+REVISABLE_TURNS = 32
+# An earlier turn moves to another speaker when it is at least this much more similar to that
+# speaker's centroid (without itself) than to its own.
+REVISE_MARGIN = 0.05
+# Two speakers whose centroids are this similar are one: the later label is folded into the earlier.
+MERGE_THRESHOLD = 0.86
 
 
 class SpeakerEmbedder:
@@ -96,14 +111,27 @@ class _Cluster:
     total: np.ndarray
     count: int = 1
     centroid: np.ndarray = field(init=False)
+    merged_into: int | None = None
+    """Set when `revise` folded this speaker into another (it then takes no new turns)."""
 
     def __post_init__(self) -> None:
         self.centroid = self.total / np.linalg.norm(self.total)
 
-    def add(self, embedding: np.ndarray) -> None:
+    def add(self, embedding: np.ndarray, count: int = 1) -> None:
         self.total = self.total + embedding
-        self.count += 1
-        self.centroid = self.total / np.linalg.norm(self.total)
+        self.count += count
+        norm = float(np.linalg.norm(self.total))
+        self.centroid = self.total / norm if norm > 1e-9 else np.zeros_like(self.total)
+
+
+@dataclass
+class _Kept:
+    """A recent turn, as `revise` needs it."""
+
+    ordinal: int
+    vector: np.ndarray
+    weight: float
+    cluster: int | None
 
 
 class SpeakerAttributor:
@@ -152,11 +180,13 @@ class SpeakerAttributor:
         self._clusters: list[_Cluster] = []
         # face track -> cluster index -> turns; the FACE_TRACKS_KEPT tracks seen last, oldest first
         self._face_votes: OrderedDict[int, dict[int, int]] = OrderedDict()
+        self._kept: deque[_Kept] = deque(maxlen=REVISABLE_TURNS)
+        self._ordinal = 0
 
     @property
     def speakers(self) -> int:
-        """How many speakers (clusters) have been found so far."""
-        return len(self._clusters)
+        """How many speakers have been found so far (a speaker folded into another no longer counts)."""
+        return sum(1 for c in self._clusters if c.merged_into is None)
 
     @property
     def centroids(self) -> np.ndarray:
@@ -169,9 +199,18 @@ class SpeakerAttributor:
         """Forget every speaker: a new conversation starts from S1."""
         self._clusters.clear()
         self._face_votes.clear()
+        self._kept.clear()
+        self._ordinal = 0
 
-    def assign(self, embedding: np.ndarray | None, face_track: int | None = None) -> str | None:
-        """The speaker label of a turn, or None for unknown; updates the matched cluster."""
+    def assign(self, embedding: np.ndarray | None, face_track: int | None = None,
+               seconds: float | None = None) -> str | None:
+        """The speaker label of a turn, or None for unknown; updates the matched cluster.
+
+        `seconds`, the turn's length, weighs its embedding in the centroid and marks short turns
+        (under SHORT_TURN_SECONDS), which never open a new speaker. Each call is one turn: `revise`
+        names turns by the order of these calls since `reset`, from 0."""
+        ordinal = self._ordinal
+        self._ordinal += 1
         if embedding is None:
             return None
         vector = np.asarray(embedding, dtype=np.float64).reshape(-1)
@@ -181,10 +220,26 @@ class SpeakerAttributor:
         vector = vector / norm
         if self._clusters and vector.shape != self._clusters[0].total.shape:
             raise ValueError(f"embedding has {vector.size} dims, the clusters have {self._clusters[0].total.size}")
-        if not self._clusters:
-            return self._new_cluster(vector, face_track)
+        weight = 1.0 if seconds is None else float(np.clip(seconds, *WEIGHT_BOUNDS))
+        short = seconds is not None and seconds < SHORT_TURN_SECONDS
+        cluster = self._choose(vector, face_track, short)
+        self._kept.append(_Kept(ordinal, vector, weight, cluster))
+        if cluster is None:
+            return None
+        if cluster == len(self._clusters):
+            self._clusters.append(_Cluster(label=f"S{cluster + 1}", total=vector * weight))
+            self._vote(face_track, cluster)
+        else:
+            self._clusters[cluster].add(vector * weight)
+        return self._clusters[cluster].label
 
-        voice = np.array([c.centroid @ vector for c in self._clusters])
+    def _choose(self, vector: np.ndarray, face_track: int | None, short: bool) -> int | None:
+        """The cluster a turn joins (len(clusters) for a new one), or None for unknown."""
+        live = [i for i, c in enumerate(self._clusters) if c.merged_into is None]
+        if not live:
+            return 0 if not short else None
+        voice = np.full(len(self._clusters), -np.inf)
+        voice[live] = [self._clusters[i].centroid @ vector for i in live]
         voice_best = int(np.argmax(voice))
         scores = voice.copy()
         face_cluster = self._face_cluster(face_track)
@@ -192,17 +247,95 @@ class SpeakerAttributor:
             scores[face_cluster] += self.face_bonus
         order = np.argsort(-scores)
         best = int(order[0])
-        full = self.max_speakers is not None and len(self._clusters) >= self.max_speakers
+        full = self.max_speakers is not None and len(live) >= self.max_speakers
         if scores[best] < self.threshold and not full:
+            if short:  # too little voice to found a speaker on
+                return best if scores[best] >= SHORT_TURN_THRESHOLD else None
             if self.max_speakers is None and len(self._clusters) >= self.max_clusters:
                 return None  # the safety cap: unknown, nothing changes
-            return self._new_cluster(vector, face_track)
+            return len(self._clusters)
         if voice[voice_best] >= self.threshold:
             self._vote(face_track, voice_best)  # the track's record follows the voice alone
-        if len(order) > 1 and scores[best] - scores[order[1]] < self.margin:
+        if len(live) > 1 and scores[best] - scores[order[1]] < self.margin:
             return None
-        self._clusters[best].add(vector)
-        return self._clusters[best].label
+        return best
+
+    def revise(self) -> dict[int, str]:
+        """Reconsider the recent turns now that more of the conversation is known.
+
+        A turn whose centroid was immature when it came, or whose short embedding was noisy, moves
+        to the speaker it is now clearly closer to (REVISE_MARGIN, each centroid without the turn
+        itself); a turn left unknown is placed once a speaker clearly fits; and two speakers whose
+        centroids have come within MERGE_THRESHOLD of each other are one (the later label is
+        retired). Returns {turn: new label} for the turns that changed, turns numbered by the order
+        of `assign` calls since `reset`; only the last REVISABLE_TURNS turns can change."""
+        changed: dict[int, str] = {}
+        self._merge_close_speakers(changed)
+        for _ in range(3):  # moving a turn moves centroids: settle in a few passes
+            moved = False
+            for kept in self._kept:
+                target = self._better_cluster(kept)
+                if target is None:
+                    continue
+                if kept.cluster is not None:
+                    source = self._clusters[kept.cluster]
+                    source.add(-kept.vector * kept.weight, count=-1)
+                    if source.count <= 0:  # its only turn left: the label is retired
+                        source.merged_into = target
+                self._clusters[target].add(kept.vector * kept.weight)
+                kept.cluster = target
+                changed[kept.ordinal] = self._clusters[target].label
+                moved = True
+            if not moved:
+                break
+        return changed
+
+    def _better_cluster(self, kept: _Kept) -> int | None:
+        """The cluster this kept turn should move to, if it clearly belongs elsewhere.
+
+        Each speaker is scored by its centroid without this turn. A turn that is its speaker's only
+        member is scored against the joining threshold instead: it moves only where it would now
+        have joined."""
+        live = [i for i, c in enumerate(self._clusters) if c.merged_into is None]
+        scores = {}
+        for i in live:
+            if i == kept.cluster:
+                continue
+            norm = float(np.linalg.norm(self._clusters[i].total))
+            if norm > 1e-9:
+                scores[i] = float(self._clusters[i].total @ kept.vector) / norm
+        if not scores:
+            return None
+        best = max(scores, key=lambda i: scores[i])
+        others = sorted(scores.values(), reverse=True)
+        clear = len(others) == 1 or others[0] - others[1] >= self.margin
+        if kept.cluster is None:
+            return best if scores[best] >= self.threshold and clear else None
+        own_cluster = self._clusters[kept.cluster]
+        if own_cluster.count <= 1:
+            return best if scores[best] >= self.threshold + REVISE_MARGIN and clear else None
+        rest = own_cluster.total - kept.vector * kept.weight
+        own = float(rest @ kept.vector) / max(float(np.linalg.norm(rest)), 1e-9)
+        return best if scores[best] - own >= REVISE_MARGIN and clear else None
+
+    def _merge_close_speakers(self, changed: dict[int, str]) -> None:
+        live = [i for i, c in enumerate(self._clusters) if c.merged_into is None]
+        for a_pos, a in enumerate(live):
+            for b in live[a_pos + 1:]:
+                ca, cb = self._clusters[a], self._clusters[b]
+                if ca.merged_into is not None or cb.merged_into is not None:
+                    continue
+                if float(ca.centroid @ cb.centroid) < max(MERGE_THRESHOLD, self.threshold):
+                    continue
+                ca.add(cb.total, count=cb.count)
+                cb.merged_into = a
+                for kept in self._kept:
+                    if kept.cluster == b:
+                        kept.cluster = a
+                        changed[kept.ordinal] = ca.label
+                for votes in self._face_votes.values():
+                    if b in votes:
+                        votes[a] = votes.get(a, 0) + votes.pop(b)
 
     def _face_cluster(self, face_track: int | None) -> int | None:
         """The cluster a face track consistently went with, if any."""
@@ -220,8 +353,3 @@ class SpeakerAttributor:
             self._face_votes.move_to_end(face_track)
             while len(self._face_votes) > FACE_TRACKS_KEPT:
                 self._face_votes.popitem(last=False)
-
-    def _new_cluster(self, vector: np.ndarray, face_track: int | None) -> str:
-        self._clusters.append(_Cluster(label=f"S{len(self._clusters) + 1}", total=vector))
-        self._vote(face_track, len(self._clusters) - 1)
-        return self._clusters[-1].label
