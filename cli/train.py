@@ -27,7 +27,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     from merc.models.train.config import TrainConfig  # imports torch: only merc-train reads it
 
     group = parser.add_argument_group("training options (override the config file)")
-    parsers: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _parse_bool}
+    parsers: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _parse_bool, "int | None": int}
     for f in fields(TrainConfig):
         kind = parsers.get(str(f.type), str)
         if str(f.type) in ("str | None",):
@@ -145,12 +145,18 @@ def _eval(argv: list[str] | None) -> int:
                              "(default: one per core)")
     parser.add_argument("--max-dialogues", type=int, default=None,
                         help="with --bundle: score only the first N dialogues of the split (a quick check)")
+    parser.add_argument("--text-style", choices=("gold", "no_exclaim", "lower_nopunct", "whisper"), default="gold",
+                        help="score the split's text as written (gold) or as an ASR writes it: no_exclaim (every "
+                             "'!' as '.'), lower_nopunct (lowercase, no punctuation) or whisper (Whisper's "
+                             "punctuation and quotes); recorded in metrics.json, reports go to eval-SPLIT-STYLE")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.replay is not None:
         if args.run is not None or args.bundle is not None:
             parser.error("--replay scores a recording; give no run or bundle with it")
+        if args.text_style != "gold":
+            parser.error("--text-style applies to a run or a bundle, not to --replay")
         return _eval_replay(args)
     if args.events is not None:
         parser.error("--events applies to --replay only")
@@ -164,19 +170,20 @@ def _eval(argv: list[str] | None) -> int:
 
         run = lambda: evaluate_bundle(args.bundle, args.split, args.corpus, args.data_dir, args.out,  # noqa: E731
                                       args.device, args.precision, args.threads, args.max_dialogues,
-                                      progress=not args.quiet)
+                                      progress=not args.quiet, text_style=args.text_style)
     else:
         from merc.models.train.evaluate import evaluate_run
 
         run = lambda: evaluate_run(args.run, args.split, args.corpus, args.data_dir, args.out,  # noqa: E731
-                                   args.device, progress=not args.quiet)
+                                   args.device, progress=not args.quiet, text_style=args.text_style)
     result = run()
     if args.json:
         import json
 
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['corpus']} {result['split']}: {result['n']} turns in {result['dialogues']} dialogues (causal)")
+    print(f"{result['corpus']} {result['split']}: {result['n']} turns in {result['dialogues']} dialogues (causal, "
+          f"{result['text_style']} text)")
     if "engine" in result:
         print(f"  bundle {result['bundle']}: ONNX Runtime ({result['execution_provider']}), text encoder "
               f"{result['precision']}, {result['ms_per_turn']:.1f} ms per turn")

@@ -22,15 +22,17 @@ from merc.export.serve.runtime import BundleTracker
 def evaluate_bundle(bundle_dir: str | Path, split: str = "test", corpus: str | None = None,
                     data_dir: str | Path | None = None, out_dir: str | Path | None = None, device: str = "auto",
                     precision: str = "fp32", threads: int | None = None, max_dialogues: int | None = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, text_style: str = "gold") -> dict:
     """Score the bundle on `split` of `corpus` (default: the corpus its model was trained on).
 
     Writes metrics.json, report.txt and confusion.png to `out_dir` (default BUNDLE/eval-SPLIT, or
-    BUNDLE/eval-SPLIT-PRECISION for an int8/fp16 encoder) and returns the scores. Unlabelled turns
-    are tracked (they are context for later turns) but not scored, as in the PyTorch evaluation.
-    Raises BundleError for a bad bundle, CorpusError (a ValueError) for a bad corpus, including gold
+    BUNDLE/eval-SPLIT-PRECISION for an int8/fp16 encoder, with -STYLE for a `text_style` other than
+    gold: the split's text as an ASR would write it, `merc.models.data.asr_text`) and returns the
+    scores. Unlabelled turns are tracked (they are context for later turns) but not scored, as in the
+    PyTorch evaluation. Raises BundleError for a bad bundle, CorpusError (a ValueError) for a bad corpus, including gold
     labels outside the bundle's label set.
     """
+    from merc.models.data.asr_text import styled_dialogues
     from merc.models.data.corpora import CorpusError, load_corpus, resolve_data_dir
     from merc.models.data.labels import LabelSet
     from merc.models.train.reports import (
@@ -48,6 +50,7 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", corpus: str | N
     dialogues = load_corpus(corpus, resolve_data_dir(data_dir), split)
     if max_dialogues:
         dialogues = dialogues[:max_dialogues]
+    dialogues = styled_dialogues(dialogues, text_style)
     label_set = LabelSet(manifest.label_set, manifest.labels)
     gold_ids: list[int] = []
     for dialogue in dialogues:
@@ -80,15 +83,18 @@ def evaluate_bundle(bundle_dir: str | Path, split: str = "test", corpus: str | N
     turns = sum(len(d.utterances) for d in dialogues)
     providers = tracker.encoder.session.get_providers()
     result = {"bundle": str(bundle_dir), "engine": "onnxruntime", "precision": precision,
-              "execution_provider": providers[0], "corpus": corpus, "split": split, "dialogues": len(dialogues),
+              "execution_provider": providers[0], "corpus": corpus, "split": split, "text_style": text_style,
+              "dialogues": len(dialogues),
               "loss": nll / len(gold_ids), "ms_per_turn": 1000 * elapsed / max(turns, 1),
               **scores(gold, pred, label_set)}
     suffix = "" if precision == "fp32" else f"-{precision}"
-    out_dir = Path(out_dir) if out_dir else bundle_dir / f"eval-{split}{suffix}"
+    style = "" if text_style == "gold" else f"-{text_style}"
+    out_dir = Path(out_dir) if out_dir else bundle_dir / f"eval-{split}{suffix}{style}"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", result)
     (out_dir / "report.txt").write_text(class_report(gold, pred, label_set))
-    plot_confusion(result, out_dir / "confusion.png", f"{corpus} {split} (bundle, {precision})")
+    plot_confusion(result, out_dir / "confusion.png",
+                   f"{corpus} {split} (bundle, {precision}" + ("" if text_style == "gold" else f", {text_style} text)"))
     return result
 
 

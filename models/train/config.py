@@ -45,6 +45,17 @@ class TrainConfig:
     ft_batch_size: int = _opt(32, "fine-tuning: turns per batch")
     ft_max_length: int = _opt(128, "fine-tuning and encoding: at most this many tokens per turn with its context "
                                    "(the oldest context is cut first)")
+    asr_augment: bool = _opt(False, "train on ASR-style text too: each training turn (and the context turns the "
+                                    "encoder reads) drawn as gold, Whisper-style or lowercase-no-punctuation text, "
+                                    "with word noise; both fine-tuning and the DAG (merc.models.data.asr_text)")
+    asr_p_whisper: float = _opt(0.5, "ASR augmentation: probability a training turn is Whisper-style text")
+    asr_p_lower: float = _opt(0.25, "ASR augmentation: probability a training turn is lowercase without punctuation")
+    asr_word_noise: float = _opt(0.03, "ASR augmentation: per-word rate of Whisper-like word errors on ASR-style turns")
+    asr_seed: int | None = _opt(None, "ASR augmentation: seed of the DAG's training-text draw (default: --seed); DAG "
+                                      "seeds trained on one encoder can share one draw and its cached embeddings")
+    asr_select: str = _opt("mean", "with ASR augmentation, the validation text that selects epochs: mean (of gold "
+                                   "and Whisper-style weighted F1), whisper, or gold",
+                           ("mean", "whisper", "gold"))
     hidden: int = _opt(300, "DAG hidden size")
     layers: int = _opt(2, "DAG layers")
     omega: int = _opt(1, "DAG window: walk back to the omega-th earlier turn of the same speaker")

@@ -1,5 +1,10 @@
 """Training a MultiDAG on a conversation corpus: selection and early stopping on the validation
-split only; the test split is never read here (see `merc.models.train.evaluate`)."""
+split only; the test split is never read here (see `merc.models.train.evaluate`).
+
+With `asr_augment`, the encoder is fine-tuned and the DAG trained on ASR-style training text
+(`merc.models.data.asr_text`), and epochs are selected on validation scored on gold and on
+Whisper-style text (`asr_select`, default their mean: live text is ASR text, but typed text must
+not get worse)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +12,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +21,15 @@ from tqdm.auto import tqdm
 
 from merc.models.dag.checkpoint import save_model
 from merc.models.dag.graph import MODALITIES, DAGConfig, MultiDAG
-from merc.models.data.corpora import corpus_label_set, load_corpus, resolve_data_dir
+from merc.models.data.asr_text import AsrAugment, augment_dialogues, styled_dialogues
+from merc.models.data.corpora import Dialogue, corpus_label_set, load_corpus, resolve_data_dir
 from merc.models.data.labels import LabelSet, get_label_set
 from merc.models.features.dialogue import DialogueFeatures, collate, text_features
 from merc.models.features.embedding_cache import EmbeddingCache
 from merc.models.features.text_encoder import SPEC_FILE, TextEncoder, cache_dir
 from merc.models.train import curriculum
 from merc.models.train.config import TrainConfig
-from merc.models.train.finetune import FinetuneConfig, finetune_text_encoder
+from merc.models.train.finetune import FinetuneConfig, finetune_text_encoder, selection_score
 from merc.models.train.reports import (
     class_report,
     plot_confusion,
@@ -32,6 +39,26 @@ from merc.models.train.reports import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def asr_augment_of(config: TrainConfig) -> AsrAugment | None:
+    """The ASR augmentation `config` asks for, or None when training on corpus text only."""
+    if not config.asr_augment:
+        return None
+    return AsrAugment(p_whisper=config.asr_p_whisper, p_lower=config.asr_p_lower, word_noise=config.asr_word_noise)
+
+
+def text_views(config: TrainConfig, train: list[Dialogue],
+               valid: list[Dialogue]) -> tuple[list[Dialogue], list[Dialogue] | None]:
+    """The training dialogues as the DAG reads them, and the Whisper-style validation copy that
+    selection also scores (None without ASR augmentation). Augmentation changes the training split's
+    text only (one draw seeded by `config.asr_seed`, else `config.seed`); the validation split
+    itself is never altered."""
+    asr = asr_augment_of(config)
+    if asr is None:
+        return list(train), None
+    seed = config.seed if config.asr_seed is None else config.asr_seed
+    return augment_dialogues(train, asr, seed), styled_dialogues(valid, "whisper")
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,8 +109,12 @@ def predict(dag: MultiDAG, data: list[DialogueFeatures], device: torch.device, b
 
 def train_dag(config: TrainConfig, train: list[DialogueFeatures], valid: list[DialogueFeatures],
               label_set: LabelSet, dims: dict[str, int], progress: bool = True,
-              resample: Callable[[int], list[DialogueFeatures]] | None = None):
+              resample: Callable[[int], list[DialogueFeatures]] | None = None,
+              valid_asr: list[DialogueFeatures] | None = None):
     """Train with AdamW; keep the weights of the best validation weighted F1. Returns (dag, history).
+
+    With `valid_asr` (the validation split in Whisper-style text), the figure that selects and
+    early-stops is `selection_score` of the gold and ASR-style weighted F1 under `config.asr_select`.
 
     `resample(epoch)`, when given, supplies each epoch's training dialogues (the same dialogues in
     the same order as `train`, e.g. paired anew with other evidence); `train` fixes the curriculum.
@@ -127,13 +158,19 @@ def train_dag(config: TrainConfig, train: list[DialogueFeatures], valid: list[Di
         record = {"epoch": epoch, "train_dialogues": len(pool), "train_loss": float(np.mean(losses)),
                   "valid_loss": valid_loss, "valid_weighted_f1": result["weighted_f1"],
                   "valid_accuracy": result["accuracy"], "seconds": time.time() - started}
+        asr_wf1 = None
+        if valid_asr is not None:
+            asr_gold, asr_pred, _, _ = predict(dag, valid_asr, device)
+            asr_wf1 = scores(asr_gold, asr_pred, label_set)["weighted_f1"]
+            record["valid_whisper_weighted_f1"] = asr_wf1
+        record["select_score"] = selection_score(result["weighted_f1"], asr_wf1, config.asr_select)
         history.append(record)
         epochs.set_postfix(loss=f"{record['train_loss']:.3f}", valid_wf1=f"{100 * result['weighted_f1']:.2f}")
         log.info("epoch %d: train loss %.4f, valid loss %.4f, valid weighted F1 %.4f", epoch, record["train_loss"],
                  valid_loss, result["weighted_f1"])
         # Early stopping only counts once the whole curriculum is in the pool.
-        if result["weighted_f1"] > best_f1:
-            best_f1, stale = result["weighted_f1"], 0
+        if record["select_score"] > best_f1:
+            best_f1, stale = record["select_score"], 0
             best_state = {k: v.detach().clone() for k, v in dag.state_dict().items()}
         elif epoch >= len(bucket_list):
             stale += 1
@@ -157,13 +194,15 @@ def run_training(config: TrainConfig, run_dir: Path, progress: bool = True) -> d
     valid = load_corpus(config.corpus, data_dir, "valid")
     log.info("%s: %d train and %d valid dialogues", config.corpus, len(train), len(valid))
 
+    asr = asr_augment_of(config)
     encoder_ref = config.encoder
     if config.finetune:
         ft = FinetuneConfig(base=config.encoder, context_turns=config.ft_context_turns,
                             speaker_markers=config.ft_speaker_markers,
                             train_layers=config.ft_train_layers, lora_rank=config.ft_lora_rank,
                             epochs=config.ft_epochs, lr=config.ft_lr,
-                            batch_size=config.ft_batch_size, max_length=config.ft_max_length)
+                            batch_size=config.ft_batch_size, max_length=config.ft_max_length,
+                            asr=asr, asr_select=config.asr_select)
         finetune_text_encoder(train, valid, label_set, ft, run_dir / "encoder", seed=config.seed, progress=progress)
         encoder_ref = "encoder"
     elif (Path(config.encoder) / SPEC_FILE).exists():
@@ -174,28 +213,38 @@ def run_training(config: TrainConfig, run_dir: Path, progress: bool = True) -> d
                                device=pick_device(config.device))
     cache = open_cache(config)
     try:
-        train_f = text_features(encoder, train, label_set, cache, progress=progress)
+        train_text, valid_asr = text_views(config, train, valid)
+        train_f = text_features(encoder, train_text, label_set, cache, progress=progress)
         valid_f = text_features(encoder, valid, label_set, cache, progress=progress)
+        valid_asr_f = (text_features(encoder, valid_asr, label_set, cache, progress=progress)
+                       if valid_asr is not None else None)
     finally:
         cache.close()
     # Text-only runs keep the audio/face input shapes the serving bundles have always declared.
     dims = {"text": encoder.dim, "audio": 88, "face": 55}
     fit_started = time.time()
-    dag, history = train_dag(config, train_f, valid_f, label_set, dims, progress=progress)
+    dag, history = train_dag(config, train_f, valid_f, label_set, dims, progress=progress, valid_asr=valid_asr_f)
     fit_seconds = time.time() - fit_started
     # The modalities the graph actually learned from: serving feeds only these (an untrained
     # projection would turn a present modality into noise), whatever else it could accept.
     trained = [m for m in MODALITIES if any(m in d.features for d in train_f)]
-    save_model(run_dir, dag, label_set, encoder_ref, {"corpus": config.corpus, "modalities": trained})
+    meta: dict[str, object] = {"corpus": config.corpus, "modalities": trained}
+    if asr:
+        meta["text_training"] = {"asr_augment": asdict(asr), "asr_select": config.asr_select}
+    save_model(run_dir, dag, label_set, encoder_ref, meta)
 
     gold, pred, _, _ = predict(dag, valid_f, pick_device(config.device))
     valid_scores = scores(gold, pred, label_set)
     (run_dir / "valid_report.txt").write_text(class_report(gold, pred, label_set))
     plot_confusion(valid_scores, run_dir / "valid_confusion.png", f"{config.corpus} valid")
     plot_curves(history, run_dir / "curves.png", f"{config.corpus}: MultiDAG training")
-    best = max(history, key=lambda h: h["valid_weighted_f1"])
+    best = max(history, key=lambda h: h["select_score"])
     metrics = {"corpus": config.corpus, "label_set": label_set.name, "seed": config.seed, "best_epoch": best["epoch"],
                "valid": valid_scores, "history": history, "dag_train_seconds": fit_seconds,
                "total_seconds": time.time() - started}
+    if valid_asr_f is not None:
+        gold, pred, _, _ = predict(dag, valid_asr_f, pick_device(config.device))
+        metrics["valid_whisper"] = scores(gold, pred, label_set)
+        metrics["asr_select"] = config.asr_select
     write_json(run_dir / "metrics.json", metrics)
     return metrics
