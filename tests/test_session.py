@@ -49,11 +49,20 @@ class FakeTracker:
         self.turns = 0
         self.resets += 1
 
+    def revise(self, speakers):
+        self.revised = dict(speakers)
+        return [TurnResult(turn, speaker, "", "neutral", 0.8, {"neutral": 0.8, "joy": 0.2}, ("text",), {})
+                for turn, speaker in sorted(speakers.items())]
+
 
 class FakeTranscriber:
     name = "fake"
 
-    def transcribe(self, audio):
+    def __init__(self) -> None:
+        self.prompts: list[str | None] = []
+
+    def transcribe(self, audio, prompt=None):
+        self.prompts.append(prompt)
         return SimpleNamespace(text="hello there")
 
 
@@ -61,8 +70,11 @@ class FakeAssigner:
     def __init__(self) -> None:
         self.resets = 0
 
-    def assign(self, embedding, face_track=None):
+    def assign(self, embedding, face_track=None, seconds=None):
         return "S1"
+
+    def revise(self):
+        return {}
 
     def reset(self) -> None:
         self.resets += 1
@@ -138,7 +150,9 @@ def test_options_are_frozen_json_and_never_carry_the_token_or_a_path(tmp_path):
     assert data["tracker"] == {"model_dir": "meld-run", "bundle": "b1", "engine": "onnx", "precision": "int8",
                                "threads": 2, "device": "cpu"}
     assert data["asr"] == {"backend": "faster-whisper", "model": "whisper-small-ct2", "device": "cpu",
-                           "window": "turn"}
+                           "window": "turn", **{k: v for k, v in AsrOptions().to_dict().items()
+                                                if k not in ("backend", "model", "device", "window")}}
+    assert json.loads(json.dumps(data["asr"])) == data["asr"]  # the ASR guards' options are JSON too
     assert data["speakers"] == {"max_speakers": 3, "max_clusters": 32, "device": "cpu"}
     assert data["segmenter"]["min_silence"] == 0.4
     assert data["server"] == {"host": "0.0.0.0", "port": 9000, "allow_origins": ["https://a.example"],
@@ -217,3 +231,45 @@ def test_the_session_package_imports_neither_recordings_nor_export_build_nor_tra
     package = Path(__import__("merc.stream.session", fromlist=["x"]).__path__[0])
     for source in package.glob("*.py"):
         assert "argparse" not in source.read_text(encoding="utf-8"), source
+
+
+def test_revised_speakers_become_turn_updates_after_the_turn_that_revised_them():
+    # the real attributor on hand-placed voices: turn 0 founds S1, turn 1 joins it, and once S2 has
+    # been heard turn 0 is clearly closer to S2 than to the rest of S1
+    from merc.stream.turns.speakers import SpeakerAttributor
+
+    def unit(degrees: float) -> np.ndarray:
+        return np.array([np.cos(np.radians(degrees)), np.sin(np.radians(degrees)), 0, 0], dtype=np.float32)
+
+    voices = iter([unit(30), unit(0), unit(50), unit(50), unit(0)])
+
+    class Voices:
+        def embed(self, audio):
+            return next(voices)
+
+    class TwoSecondTurns(EveryChunkATurn):
+        def feed(self, chunk):
+            yield SpeechSegment(chunk.t, chunk.t + 2.0, np.zeros(32000, dtype=np.float32), 0.0, 0.0)
+
+    tracker = FakeTracker()
+    processor = TurnProcessor(tracker=tracker, transcriber=FakeTranscriber(), embedder=Voices(),
+                              attributor=SpeakerAttributor(threshold=0.85))
+    session = Session(processor, EventBus("test"))
+    Pipeline(ChunkSource(5), TwoSecondTurns(), processor, session.bus).run()
+    kinds = [(e["type"], e["turn"], e["speaker"]) for e in session.bus.events() if e["type"] in ("turn", "turn.update")]
+    assert kinds[0] == ("turn", 0, "S1")
+    updates = [k for k in kinds if k[0] == "turn.update"]
+    assert updates == [("turn.update", 0, "S2")]
+    assert tracker.revised == {0: "S2"}
+    # each update follows the turn whose arrival settled it, and names an earlier turn
+    for i, kind in enumerate(kinds):
+        if kind[0] == "turn.update":
+            assert any(k[0] == "turn" and k[1] >= kind[1] for k in kinds[:i])
+
+
+def test_whisper_is_prompted_with_the_last_words_when_asked():
+    transcriber = FakeTranscriber()
+    processor = TurnProcessor(tracker=FakeTracker(), transcriber=transcriber, embedder=FakeEmbedder(),
+                              attributor=FakeAssigner(), prompt_words=3)
+    run(Session(processor, EventBus("test")), 3)
+    assert transcriber.prompts[0] is None and transcriber.prompts[1:] == ["hello there", "there hello there"]

@@ -18,15 +18,25 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from merc.stream.turns import whisper_convert
 from merc.stream.turns.transcribe import (
+    Decoding,
     FasterWhisperTranscriber,
     Transcriber,
     TranscriberError,
     Transcript,
     TransformersWhisperTranscriber,
+    Word,
+    apply_guards,
+    collapse_repeats,
+    compression_ratio,
+    conversation_prompt,
+    looks_looped,
+    repeat_filter,
     short_window_frames,
 )
 from merc.stream.turns.whisper_convert import (
+    BASE_MODEL_BIN_SHA256,
     ConversionError,
     convert_ctranslate2_to_transformers,
     default_hf_dir,
@@ -69,8 +79,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def backends(converted: Path) -> dict[str, Transcriber]:
-    return {"faster-whisper": FasterWhisperTranscriber.load("tiny.en", device="cpu", threads=2),
-            "transformers": TransformersWhisperTranscriber.load(converted, device="cpu")}
+    words = Decoding(words=True)
+    return {"faster-whisper": FasterWhisperTranscriber.load("tiny.en", device="cpu", threads=2, decoding=words),
+            "transformers": TransformersWhisperTranscriber.load(converted, device="cpu", decoding=words)}
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +137,9 @@ def test_short_encoder_window_keeps_the_words(speech: list[np.ndarray],
 @pytest.mark.parametrize("backend", ["faster-whisper", "transformers"])
 def test_silence_gives_no_text(backend: str, backends: dict[str, Transcriber]) -> None:
     result = backends[backend].transcribe(np.zeros(3 * 16000, dtype=np.float32))
-    assert result.text == ""
+    assert result.text == "" and result.words == ()
     assert result.no_speech_prob > 0.6
+    assert result.dropped in (None, "no_speech") and (result.dropped is None) == (result.raw_text == "")
     empty = backends[backend].transcribe(np.zeros(0, dtype=np.float32))
     assert empty.text == "" and empty.no_speech_prob == 1.0
 
@@ -210,3 +222,162 @@ def test_cuda_without_ctranslate2_cuda_suggests_transformers() -> None:
         pytest.skip("CTranslate2 sees a CUDA device here")
     with pytest.raises(TranscriberError, match=r"CUDA 12.*--asr transformers"):
         FasterWhisperTranscriber.load("tiny.en", device="cuda")
+
+
+# Conversation: prompts, repetition loops, hallucination guards, words, Whisper base.
+
+def test_repetition_filter_cuts_loops_to_one_occurrence() -> None:
+    assert collapse_repeats("blue, blue, blue, blue, blue, blue, blue, blue", 3) == "blue,"
+    assert collapse_repeats("Wait, wait, WAIT, wait. wait wait", 3) == "Wait,"
+    assert collapse_repeats("I know. I know. I know. I know. I know. Okay, go.", 3) == "I know. Okay, go."
+    assert collapse_repeats("So it's the the the the the the end", 3) == "So it's the end"
+    # what people do say survives: up to max_repeats in a row, and repeats that are not in a row
+    said = "No, no, no! Push them out, push them out."
+    assert collapse_repeats(said, 3) == said
+    assert collapse_repeats("left left left left", 4) == "left left left left"
+    assert collapse_repeats("left left left left", 0) == "left left left left"
+    assert repeat_filter(["a", "b", "b", "b", "b", "c"], 2) == [0, 1, 5]
+    assert looks_looped("wait, wait, wait, wait, wait") and not looks_looped("Wait, wait, wait. Okay.")
+
+
+def test_compression_ratio_guard_drops_a_looped_transcript() -> None:
+    """A loop the word filter cannot cut (one long "word", or the filter off) compresses like one
+    and is dropped; a sentence people say is kept."""
+    raw = Decoding.raw()
+    sentence = "Why didn't you tell me you were leaving? I have been waiting here for more than an hour."
+    assert compression_ratio(sentence) < 2.4
+    kept = apply_guards(sentence, (), -0.3, 0.1, Decoding())
+    assert kept == (sentence, (), None, ())
+    laugh = "Ha" + "ha" * 60 + "!"
+    assert compression_ratio(laugh) > 2.4
+    assert apply_guards(laugh, (), -0.2, 0.1, Decoding()).dropped == "compression_ratio"
+    assert apply_guards(laugh, (), -0.2, 0.1, raw).text == laugh  # guards off: Whisper's text as is
+    loop = "I'm going to the store. " * 12
+    assert apply_guards(loop, (), -0.2, 0.1, Decoding(max_repeats=0)) == ("", (), "compression_ratio", ())
+    cut = apply_guards(loop, (), -0.2, 0.1, Decoding())  # the word filter cuts it first: kept, trimmed
+    assert cut.text == "I'm going to the store." and cut.trimmed == ("repetition",) and cut.dropped is None
+    # Whisper's silence rule, and the optional log-probability floor
+    assert apply_guards(sentence, (), -1.2, 0.7, raw).dropped == "no_speech"
+    assert apply_guards(sentence, (), -1.2, 0.1, Decoding(logprob_threshold=-1.0)).dropped == "avg_logprob"
+
+
+def test_guards_cut_words_with_the_text() -> None:
+    words = tuple(Word(w, i * 0.3, i * 0.3 + 0.25, p) for i, (w, p) in enumerate(
+        [("Okay,", 0.9), ("blue,", 0.6), ("blue,", 0.7), ("blue,", 0.5), ("blue,", 0.6), ("uh", 0.05), ("go.", 0.8)]))
+    text = " ".join(w.word for w in words)
+    kept = apply_guards(text, words, -0.4, 0.1, Decoding(min_word_probability=0.1))
+    assert kept.text == "Okay, blue, go." and [w.word for w in kept.words] == ["Okay,", "blue,", "go."]
+    assert kept.trimmed == ("repetition", "low_confidence") and kept.dropped is None
+    assert apply_guards(text, words, -0.4, 0.1, Decoding(min_word_probability=0.95)).dropped == "low_confidence"
+
+
+def test_conversation_prompt_takes_the_last_words_and_skips_loops() -> None:
+    turns = ["Hi, how are you?", "", "Fine, thanks. And you?", "Not bad at all."]
+    assert conversation_prompt(turns, 0) is None and conversation_prompt([], 10) is None
+    assert conversation_prompt(turns, 100) == "Hi, how are you? Fine, thanks. And you? Not bad at all."
+    assert conversation_prompt(turns, 7) == "thanks. And you? Not bad at all."
+    # as Whisper resets its prompt after a window it had to re-decode: nothing up to a loop is used
+    looped = ["Hello there.", "blue, blue, blue, blue, blue, blue", "So what now?"]
+    assert conversation_prompt(looped, 100) == "So what now?"
+    assert conversation_prompt(looped[:2], 100) is None
+    with pytest.raises(ValueError, match="max_repeats"):
+        Decoding(max_repeats=-1)
+
+
+@pytest.mark.parametrize("backend", ["faster-whisper", "transformers"])
+def test_prompted_transcription_of_real_speech(backend: str, backends: dict[str, Transcriber],
+                                               speech: list[np.ndarray],
+                                               transcripts: dict[str, list[Transcript]]) -> None:
+    """Each sentence prompted with the ones before it, as a conversation is: the words stay right,
+    and the prompt reaches the decoder (the scores change)."""
+    asr = backends[backend]
+    prompted = [asr.transcribe(audio, prompt=conversation_prompt(SENTENCES[:i], 32)) for i, audio in enumerate(speech)]
+    wer = jiwer.wer([normalise(s) for s in SENTENCES], [normalise(r.text) for r in prompted])
+    assert wer <= 0.25, (wer, [r.text for r in prompted])
+    plain = transcripts[backend]
+    assert prompted[0].avg_logprob == plain[0].avg_logprob  # no earlier turn: no prompt
+    assert all(p.avg_logprob != q.avg_logprob for p, q in zip(prompted[1:], plain[1:]))
+    assert all(p.no_speech_prob < 0.6 for p in prompted)
+
+
+def test_backends_agree_with_a_prompt_and_repetition_controls(speech: list[np.ndarray],
+                                                              backends: dict[str, Transcriber]) -> None:
+    """The transformers loop implements CTranslate2's prompt, repetition penalty and no-repeat
+    n-grams: at float32 both give the same words and scores."""
+    hf = backends["transformers"]
+    assert isinstance(hf, TransformersWhisperTranscriber)
+    decoding = Decoding(repetition_penalty=1.3, no_repeat_ngram_size=2)
+    controlled = TransformersWhisperTranscriber(hf.model, hf.processor, hf.name, decoding=decoding)
+    float32 = FasterWhisperTranscriber.load("tiny.en", device="cpu", compute_type="float32", threads=2,
+                                            decoding=decoding)
+    prompt = "Hello again. " + SENTENCES[0]
+    for audio in speech[1:3]:
+        for kwargs in ({}, {"prompt": prompt}):
+            expected, result = controlled.transcribe(audio, **kwargs), float32.transcribe(audio, **kwargs)
+            assert result.text == expected.text
+            assert result.avg_logprob == pytest.approx(expected.avg_logprob, abs=0.01)
+            assert result.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=0.001)
+
+
+@pytest.mark.parametrize("backend", ["faster-whisper", "transformers"])
+def test_words_have_probabilities_and_times_within_the_audio(backend: str, speech: list[np.ndarray],
+                                                             transcripts: dict[str, list[Transcript]]) -> None:
+    for audio, result in zip(speech, transcripts[backend], strict=True):
+        assert result.words and " ".join(w.word for w in result.words) == result.text
+        assert all(0.0 <= w.probability <= 1.0 for w in result.words)
+        assert np.mean([w.probability for w in result.words]) > 0.5
+        if backend == "transformers":  # token probabilities only
+            assert all(w.start is None and w.end is None for w in result.words)
+            continue
+        seconds = len(audio) / 16000
+        starts = [w.start for w in result.words]
+        assert all(w.start is not None and w.end is not None and 0.0 <= w.start <= w.end <= seconds
+                   for w in result.words)
+        assert starts == sorted(starts)  # type: ignore[type-var]
+        assert result.words[-1].end > 0.5 * seconds  # type: ignore[operator]
+
+
+def test_words_can_be_left_out(speech: list[np.ndarray], backends: dict[str, Transcriber],
+                               transcripts: dict[str, list[Transcript]]) -> None:
+    fw = backends["faster-whisper"]
+    assert isinstance(fw, FasterWhisperTranscriber)
+    plain = FasterWhisperTranscriber(fw.model, fw.name, decoding=Decoding(words=False)).transcribe(speech[0])
+    assert plain.words == () and plain.text == transcripts["faster-whisper"][0].text
+
+
+def _base_installed() -> None:
+    try:
+        whisper_convert._base_package_data()
+    except ConversionError as error:
+        pytest.skip(f"Whisper base is not installed ({error})")
+
+
+def test_base_is_assembled_checked_and_transcribes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    speech: list[np.ndarray]) -> None:
+    _base_installed()
+    monkeypatch.setenv("MERC_CACHE", str(tmp_path / "cache"))
+    asr = FasterWhisperTranscriber.load("base", device="cpu", threads=2, decoding=Decoding(words=True))
+    assembled = whisper_convert.base_dir()
+    assert assembled == tmp_path / "cache" / "weights" / "whisper-base-ct2"
+    assert whisper_convert.sha256_file(assembled / "model.bin") == BASE_MODEL_BIN_SHA256
+    assert asr.name == "faster-whisper/base/int8/cpu" and asr.model.model.is_multilingual
+    results = [asr.transcribe(audio) for audio in speech]
+    wer = jiwer.wer([normalise(s) for s in SENTENCES], [normalise(r.text) for r in results])
+    assert wer <= 0.15, (wer, [r.text for r in results])
+    assert all(r.language == "en" and r.words for r in results)
+    # a damaged copy is noticed and assembled again from the packages
+    with open(assembled / "model.bin", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0\0\0\0")
+    assert not whisper_convert._base_is_current(assembled)
+    whisper_convert.packaged_base()
+    assert whisper_convert.sha256_file(assembled / "model.bin") == BASE_MODEL_BIN_SHA256
+
+
+def test_missing_base_packages_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MERC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(whisper_convert, "BASE_PACKAGES", ("merc-no-such-package-1", "merc-no-such-package-2"))
+    with pytest.raises(TranscriberError, match=r"merc-no-such-package-1.*pip install .*asr-base"):
+        FasterWhisperTranscriber.load("base", device="cpu")
+    with pytest.raises(TranscriberError, match="merc-no-such-package-1"):
+        TransformersWhisperTranscriber.load("base", device="cpu")

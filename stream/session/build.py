@@ -64,11 +64,19 @@ def load_tracker(options: TrackerOptions, export_bundle: BundleExporter | None =
 
 
 def load_transcriber(options: AsrOptions) -> Transcriber:
-    from merc.stream.turns.transcribe import FasterWhisperTranscriber, TransformersWhisperTranscriber
+    """The speech recogniser `options` ask for, decoding and guarding each turn as they say (the
+    prompt from earlier turns, `options.prompt_words`, is the caller's to pass to `transcribe`)."""
+    from merc.stream.turns.transcribe import Decoding, FasterWhisperTranscriber, TransformersWhisperTranscriber
 
+    decoding = Decoding(repetition_penalty=options.repetition_penalty,
+                        no_repeat_ngram_size=options.no_repeat_ngram_size, max_repeats=options.max_repeats,
+                        compression_ratio_threshold=options.compression_ratio_threshold,
+                        logprob_threshold=options.logprob_threshold, words=options.words,
+                        min_word_probability=options.min_word_probability)
     if options.backend == "transformers":
-        return TransformersWhisperTranscriber.load(options.model, device=options.device)
-    return FasterWhisperTranscriber.load(options.model, device=options.device, window=options.window)
+        return TransformersWhisperTranscriber.load(options.model, device=options.device, decoding=decoding)
+    return FasterWhisperTranscriber.load(options.model, device=options.device, window=options.window,
+                                         decoding=decoding)
 
 
 def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: FaceTimeline | None = None,
@@ -81,6 +89,7 @@ def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: Fac
     transcriber = load_transcriber(options.asr)
     embedder = SpeakerEmbedder(device=_torch_device(options.speakers.device))
     processor = TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
+                              prompt_words=options.asr.prompt_words,
                               attributor=SpeakerAttributor(max_speakers=options.speakers.max_speakers,
                                                            max_clusters=options.speakers.max_clusters),
                               acoustic=_acoustic_featurizer(tracker, transcriber, options.asr),
@@ -180,6 +189,9 @@ def format_event(event: dict[str, Any], as_json: bool = False) -> str | None:
         return (f"{event['turn']:>3} {event['t_start']:>7.2f} {event['speaker'] or '?':<4} "
                 f"{clip(event['text'], 46):<46} {event['label']:<9} {event['confidence']:>4.2f} "
                 f"{t['total']:>6.0f} {t['total'] - t['segmentation']:>6.0f}\n")
+    if event["type"] == "turn.update":
+        return (f"    [update] turn {event['turn']}: speaker {event['speaker'] or '?'}, {event['label']} "
+                f"{event['confidence']:.2f}\n")
     if event["type"] in ("status", "error"):
         return f"    [{event['type']}] {event['message']}\n"
     return None

