@@ -48,7 +48,6 @@ from merc.stream.turns.speakers import SpeakerAttributor, SpeakerEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 EMODB = ROOT.parent / "shared" / "data" / "emodb" / "wav"
-RECORDINGS = Path("/tmp/conv/recordings")
 GOLD_TOLERANCE = 0.4  # s: a gold turn start this close to a pause makes it a boundary
 PERCENTILES = (10, 50, 90)
 BOOTSTRAP = 2000
@@ -265,7 +264,8 @@ def cost_ms(embed: Embed, clip: np.ndarray, repeats: int = 20) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recordings", type=Path, default=RECORDINGS)
+    parser.add_argument("--recordings", type=Path, required=True,
+                        help="merc-synth recordings with gold.jsonl (the command in this docstring makes them)")
     parser.add_argument("--emodb", type=Path, default=EMODB)
     parser.add_argument("--probes", type=float, nargs="+", default=[0.75, 1.0])
     parser.add_argument("--draws", type=int, default=200, help="simulated conversations for the clustering test")
