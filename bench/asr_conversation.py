@@ -32,7 +32,8 @@ WER is jiwer's over all turns of a condition (lowercase, punctuation removed, as
 Decode times are wall-clock and CPU milliseconds per turn (p50, p95); on a shared machine CPU
 time is the steadier figure. Results merge into --out (default
 bench/results/<date>-asr-conversation.json) under "<model>|<condition>|<pass>", so passes can be
-run one at a time.
+run one at a time; "guard_examples" lists the turns whose text the guards changed, and
+--transcripts FILE keeps every transcript with its scores and words.
 """
 from __future__ import annotations
 
@@ -219,11 +220,15 @@ def main() -> None:
     parser.add_argument("--merge", type=int, default=1,
                         help="join this many consecutive gold turns into one (a merged turn, as live)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--transcripts", type=Path, default=None,
+                        help="also keep every turn's transcript, scores and words in this JSON file (merged by pass)")
     args = parser.parse_args()
     date = datetime.date.today().isoformat()
     out = args.out or Path(__file__).resolve().parent / "results" / f"{date}-asr-conversation.json"
     results = json.loads(out.read_text()) if out.is_file() else {
-        "benchmark": "asr-conversation", "runs": {}, "timing": {}, "transcripts": {}}
+        "benchmark": "asr-conversation", "runs": {}, "timing": {}}
+    transcripts_out = json.loads(args.transcripts.read_text()) if args.transcripts and args.transcripts.is_file() \
+        else {}
     conditions = dict(c.split("=", 1) for c in args.condition)
     asr = FasterWhisperTranscriber.load(args.model, device="cpu", threads=args.threads, window=args.window)
     label = args.model if args.window == "full" else f"{args.model}+turn-window"
@@ -253,13 +258,19 @@ def main() -> None:
                        seconds=round(time.perf_counter() - started, 1),
                        load_1min_before_after=[round(load, 2), round(os.getloadavg()[0], 2)])
             results["runs"][key] = run
-            results["transcripts"][key] = [
-                {"gold": ref, "text": t.text, "raw": t.raw_text, "dropped": t.dropped, "trimmed": list(t.trimmed),
-                 "avg_logprob": round(t.avg_logprob, 3), "no_speech_prob": round(t.no_speech_prob, 3),
-                 "compression_ratio": round(t.compression_ratio, 2),
-                 "words": [[w.word, w.start, w.end, round(w.probability, 3)] for w in t.words]}
-                for ref, t in zip(references, transcripts, strict=True)]
+            results.setdefault("guard_examples", {})[key] = [
+                [ref, t.raw_text, t.text, t.dropped or ",".join(t.trimmed)]
+                for ref, t in zip(references, transcripts, strict=True)
+                if t.trimmed or (t.dropped and t.dropped != "no_speech")]
             print(key, json.dumps({k: v for k, v in run.items() if k != "decoding"}), flush=True)
+            if args.transcripts is not None:
+                transcripts_out[key] = [
+                    {"gold": ref, "text": t.text, "raw": t.raw_text, "dropped": t.dropped, "trimmed": list(t.trimmed),
+                     "avg_logprob": round(t.avg_logprob, 3), "no_speech_prob": round(t.no_speech_prob, 3),
+                     "compression_ratio": round(t.compression_ratio, 2),
+                     "words": [[w.word, w.start, w.end, round(w.probability, 3)] for w in t.words]}
+                    for ref, t in zip(references, transcripts, strict=True)]
+                args.transcripts.write_text(json.dumps(transcripts_out) + "\n")
         results.update(date=date, cpu=cpu_model(), cpus=os.cpu_count(), threads=args.threads)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
