@@ -6,10 +6,10 @@ segmenter's errors do not count; overlapping speech of the other voice stays in,
 Each condition is a folder of recordings, e.g. (the figures in the README):
 
     merc-synth --corpus meld --split test --count 8 --max-turns 10 --pause 0.25 0.4 \\
-        --overlap-prob 0.2 --out /tmp/asrbench/clean
-    merc-synth ... --noise-snr 10 --out /tmp/asrbench/noisy10
-    python bench/asr_conversation.py --condition clean=/tmp/asrbench/clean \\
-        --condition noisy10=/tmp/asrbench/noisy10 --model tiny.en --passes raw prompt:32 timing
+        --overlap-prob 0.2 --out RECORDINGS/clean
+    merc-synth ... --noise-snr 10 --out RECORDINGS/noisy10
+    python bench/asr_conversation.py --condition clean=RECORDINGS/clean \\
+        --condition noisy10=RECORDINGS/noisy10 --model tiny.en --passes raw prompt:32 timing
 
 Passes, each a decode of every turn in dialogue order (faster-whisper, int8, CPU, beam 5, the
 full window unless --window turn):
@@ -41,7 +41,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import time
 from collections import Counter
@@ -51,6 +50,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import soundfile as sf
+from asr import cpu_model  # bench/asr.py, beside this script
 
 from merc.stream.recordings.scoring import normalise_text
 from merc.stream.turns.transcribe import (
@@ -195,16 +195,6 @@ def pass_decoding(name: str) -> tuple[int, Decoding]:
                 raise SystemExit(f"unknown decoder option {part!r} (nrK, rpP)")
         return 0, decoding
     raise SystemExit(f"unknown pass {name!r} (raw, prompt:N, decoder:..., timing)")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ against the gold:
 Gold turns exclude back-channels (listed in each manifest's `synth.backchannels`): a pipeline that
 makes a turn of one is charged an extra turn and a false boundary, and its words are insertions.
 
-    python bench/conversation.py --out-dir /tmp/conv-bench --label current --markdown /tmp/conv.md
-    python bench/conversation.py --out-dir /tmp/conv-bench --conditions 2spk-20dB ami
+    python bench/conversation.py --out-dir OUT_DIR --label current --markdown OUT_DIR/table.md
+    python bench/conversation.py --out-dir OUT_DIR --conditions 2spk-20dB ami
 
 To compare another checkout of the pipeline on the same recordings, give its replay module and
 import path:
 
-    python bench/conversation.py --out-dir /tmp/conv-bench --label before \\
+    python bench/conversation.py --out-dir OUT_DIR --label before \\
         --replay-module merc.cli.replay --pythonpath OTHER_TREE
 
 Prints one JSON object (per-condition means, pooled totals, per-recording rows).

