@@ -11,7 +11,7 @@ Each condition is a folder of recordings, e.g. (the figures in the README):
     python bench/asr_conversation.py --condition clean=RECORDINGS/clean \\
         --condition noisy10=RECORDINGS/noisy10 --model tiny.en --passes raw prompt:32 timing
 
-Passes, each a decode of every turn in dialogue order (faster-whisper, int8, CPU, beam 5, the
+Passes, each a decode of every turn in dialogue order (faster-whisper, int8, CPU, beam 5 unless --beam, the
 full window unless --window turn):
 
 - ``raw``: no prompt, no repetition control, word probabilities on. The guards are then applied
@@ -161,8 +161,10 @@ def summary(references: list[str], results: list[Transcript], wall: list[float],
 
 def timing(asr: FasterWhisperTranscriber, dialogues: list[list[tuple[str, np.ndarray]]], limit: int) -> dict:
     """Decode time with and without word timestamps, alternating on the same turns."""
-    with_words = FasterWhisperTranscriber(asr.model, "words", window=asr.window, decoding=replace(DEFAULT, words=True))
-    without = FasterWhisperTranscriber(asr.model, "no-words", window=asr.window, decoding=DEFAULT)
+    with_words = FasterWhisperTranscriber(asr.model, "words", window=asr.window, beam_size=asr.beam_size,
+                                          decoding=replace(DEFAULT, words=True))
+    without = FasterWhisperTranscriber(asr.model, "no-words", window=asr.window, beam_size=asr.beam_size,
+                                       decoding=DEFAULT)
     audio = [a for turns in dialogues for _, a in turns][:limit]
     with_words.transcribe(audio[0])  # warm-up
     times: dict[str, list[float]] = {"words": [], "no_words": [], "cpu_words": [], "cpu_no_words": []}
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny.en", help="Whisper model (tiny.en, base, a directory)")
     parser.add_argument("--passes", nargs="+", default=["raw", "prompt:32", "timing"])
     parser.add_argument("--threads", type=int, default=2, help="CTranslate2 CPU threads")
+    parser.add_argument("--beam", type=int, default=5, help="beam width (1: greedy; merc-live's is 5)")
     parser.add_argument("--window", choices=("full", "turn"), default="full",
                         help="the encoder window (merc-live --asr-window)")
     parser.add_argument("--timing-turns", type=int, default=40, help="turns in the timing pass")
@@ -220,8 +223,10 @@ def main() -> None:
     transcripts_out = json.loads(args.transcripts.read_text()) if args.transcripts and args.transcripts.is_file() \
         else {}
     conditions = dict(c.split("=", 1) for c in args.condition)
-    asr = FasterWhisperTranscriber.load(args.model, device="cpu", threads=args.threads, window=args.window)
+    asr = FasterWhisperTranscriber.load(args.model, device="cpu", threads=args.threads, window=args.window,
+                                        beam_size=args.beam)
     label = args.model if args.window == "full" else f"{args.model}+turn-window"
+    label += "" if args.beam == 5 else f"+beam{args.beam}"
     asr.transcribe(np.zeros(RATE, dtype=np.float32))  # warm-up
     for condition, folder in conditions.items():
         dialogues = load_turns(Path(folder), args.merge)

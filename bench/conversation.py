@@ -284,7 +284,8 @@ def score_recording(recording: Path, events_path: Path, condition: Condition, ue
 
 def track_gold_text(recordings: list[Path], out: Path, args: argparse.Namespace) -> list[tuple[str, str]]:
     """(gold, predicted) emotions of the recordings' gold turns tracked on their gold text (merc-track,
-    with the replay's import path): the same dialogues as the ASR path, with perfect turns and words."""
+    with the replay's import path and --gold-model): the same dialogues as the ASR path, with perfect
+    turns and words."""
     lines = []
     for recording in recordings:
         gold = read_gold(open_recording(recording))
@@ -298,8 +299,9 @@ def track_gold_text(recordings: list[Path], out: Path, args: argparse.Namespace)
     env = dict(os.environ)
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
-    proc = subprocess.run([sys.executable, "-m", "merc.cli.track", "--dialogue", str(out), "--json"], env=env,
-                          capture_output=True, text=True, check=False)
+    model = ["--model", str(args.gold_model)] if args.gold_model else []
+    proc = subprocess.run([sys.executable, "-m", "merc.cli.track", "--dialogue", str(out), "--json", *model],
+                          env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"merc-track failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -410,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ami-count", type=int, default=None, metavar="N",
                         help="the first N AMI clips (default: all 12)")
     parser.add_argument("--replay-module", default="merc.cli.replay", help="the merc-replay module to run")
+    parser.add_argument("--gold-model", type=Path, default=None, metavar="DIR",
+                        help="the model merc-track reads the gold text with (default: merc-track's, the text "
+                             "default; give the replay's model, e.g. models/live, to compare like with like)")
     parser.add_argument("--pythonpath", default=None, help="PYTHONPATH for the replay and merc-track (another "
                                                             "checkout)")
     parser.add_argument("--replay-args", nargs=argparse.REMAINDER, default=[],

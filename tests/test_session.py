@@ -153,7 +153,8 @@ def test_options_are_frozen_json_and_never_carry_the_token_or_a_path(tmp_path):
                            "window": "turn", **{k: v for k, v in AsrOptions().to_dict().items()
                                                 if k not in ("backend", "model", "device", "window")}}
     assert json.loads(json.dumps(data["asr"])) == data["asr"]  # the ASR guards' options are JSON too
-    assert data["speakers"] == {"max_speakers": 3, "max_clusters": 32, "device": "cpu"}
+    assert data["speakers"] == {"max_speakers": 3, "max_clusters": 32, "device": "cpu", "embedder": "resemblyzer",
+                                "torch_threads": 1}
     assert data["segmenter"]["min_silence"] == 0.4
     assert data["server"] == {"host": "0.0.0.0", "port": 9000, "allow_origins": ["https://a.example"],
                               "max_connections": 256}

@@ -11,6 +11,7 @@ from merc.stream.session.options import SessionOptions
 from merc.stream.session.pipeline import TurnProcessor
 from merc.stream.session.session import Session
 from merc.stream.turns.segmenter import SegmenterOptions
+from merc.stream.turns.voice_profiles import voice_profile
 from merc.stream.wire.events import EventBus
 from merc.stream.wire.messages import error
 
@@ -47,6 +48,13 @@ def replay_session(recording: Recording, session: Session, speed: float | None) 
 
 def replay_recording(recording: Recording, processor: TurnProcessor, bus: EventBus, speed: float | None,
                      segmenter: SegmenterOptions | None = None) -> ReplayResult:
-    """`replay_session` on bare parts (tests, benchmarks): a session around `processor` and `bus`."""
-    options = SessionOptions(segmenter=segmenter or SegmenterOptions())
+    """`replay_session` on bare parts (tests, benchmarks): a session around `processor` and `bus`.
+    Without `segmenter`, the default segmenter with the change thresholds of the processor's voice
+    encoder (as the commands build it)."""
+    if segmenter is None:
+        segmenter = SegmenterOptions()
+        profile = getattr(processor.embedder, "voice_profile", None)
+        if profile is not None:
+            segmenter = voice_profile(profile).segmenter_options(segmenter)
+    options = SessionOptions(segmenter=segmenter)
     return replay_session(recording, Session(processor, bus, options), speed)

@@ -83,22 +83,29 @@ def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: Fac
                     warm_up_audio: Audio | None = None) -> TurnProcessor:
     """Every per-turn component: ASR, voice embedding and speaker clustering, the acoustic and face
     features the model reads, and the tracker; each model is run once on `warm_up_audio` when given."""
-    from merc.stream.turns.speakers import SpeakerAttributor, SpeakerEmbedder
+    from merc.stream.turns.speakers import SpeakerAttributor
+    from merc.stream.turns.voice_profiles import load_voice_embedder, voice_profile
 
     started = time.perf_counter()
+    if options.speakers.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(options.speakers.torch_threads)
     transcriber = load_transcriber(options.asr)
-    embedder = SpeakerEmbedder(device=_torch_device(options.speakers.device))
+    voices = voice_profile(options.speakers.embedder)
+    embedder = load_voice_embedder(voices.name, device=_torch_device(options.speakers.device))
+    attributor = SpeakerAttributor(max_speakers=options.speakers.max_speakers,
+                                   max_clusters=options.speakers.max_clusters, threshold=voices.join,
+                                   short_threshold=voices.short_join, merge_threshold=voices.merge)
     processor = TurnProcessor(tracker=tracker, transcriber=transcriber, embedder=embedder,
-                              prompt_words=options.asr.prompt_words,
-                              attributor=SpeakerAttributor(max_speakers=options.speakers.max_speakers,
-                                                           max_clusters=options.speakers.max_clusters),
+                              prompt_words=options.asr.prompt_words, attributor=attributor,
                               acoustic=_acoustic_featurizer(tracker, transcriber, options.asr),
                               face_tracker=face_tracker,
                               face_features=_face_featurizer(tracker) if face_tracker is not None else None)
     if warm_up_audio is not None:
         warm_up(processor, warm_up_audio)
-    log.info("pipeline ready in %.1f s (asr %s %s; model reads %s)", time.perf_counter() - started,
-             options.asr.backend, options.asr.model, ", ".join(tracker.modalities))
+    log.info("pipeline ready in %.1f s (asr %s %s; voices %s; model reads %s)", time.perf_counter() - started,
+             options.asr.backend, options.asr.model, voices.name, ", ".join(tracker.modalities))
     return processor
 
 

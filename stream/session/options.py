@@ -111,6 +111,15 @@ class SpeakerOptions:
     hint): at the cap, a voice that matches no speaker is unknown (stream/turns/speakers.py)."""
     device: str = "auto"
     """The voice encoder's device: auto (the GPU when there is one), cpu or cuda."""
+    embedder: str = "resemblyzer"
+    """The voice encoder (stream/turns/voice_profiles.py): resemblyzer or campp (the commands
+    resolve their default, auto, to one of them). Its profile's thresholds join turns to speakers;
+    the segmenter's change thresholds come from it too (merc.cli.common.segmenter_options)."""
+    torch_threads: int | None = 1
+    """PyTorch's CPU threads (process-wide: the voice encoders are its only users in a session).
+    One is faster on 2 cores: the encoders run beside Whisper, which has its own threads, and
+    beside each other (segmenter and attributor); 2 threads made replays 10-40 % slower
+    (see the README's conversation benchmark). None: PyTorch's default."""
 
     def to_dict(self) -> dict[str, Any]:
         return options_dict(self)

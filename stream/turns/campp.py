@@ -88,6 +88,9 @@ class CamPlusEmbedder:
     than MIN_SPEECH_SECONDS, silent, or not finite is None. Runs under torch.inference_mode on
     `device`; it uses as many threads as torch is set to (torch.set_num_threads)."""
 
+    voice_profile = "campp"
+    """Its thresholds (stream/turns/voice_profiles.py)."""
+
     def __init__(self, device: str = "cpu", weights: str | Path | None = None) -> None:
         import torch
 

@@ -60,7 +60,9 @@ class SegmenterOptions:
     change_min_speech: float = 0.3
     """Less speech than this on either side of a pause cannot be compared (no decision)."""
     change_threshold: float = 0.70
-    """Voice similarity (cosine) below which the voices differ (stream/turns/speaker_change.py)."""
+    """Voice similarity (cosine) below which the voices differ (stream/turns/speaker_change.py).
+    The three change thresholds' defaults are Resemblyzer's; a session takes those of its voice
+    encoder (`VoiceProfile.segmenter_options`, stream/turns/voice_profiles.py)."""
     change_threshold_short: float = 0.55
     """The same when the speech before the pause is shorter than `change_probe` (a short
     embedding is a noisy one: "Well, ..." must not read as a new voice)."""

@@ -20,6 +20,8 @@ MIN_SPEECH_SECONDS = 0.3  # shorter turns (or less voiced audio) give embeddings
 SILENCE_RMS = 1e-4  # about -80 dBFS: digital silence, nothing to embed
 PARTIAL_SECONDS = 1.6  # resemblyzer's window; shorter turns are embedded whole, not zero-padded
 
+# The class defaults below are Resemblyzer's first tuning; a session takes its thresholds from its
+# voice encoder's profile instead (stream/turns/voice_profiles.py: join, short join, merge).
 # Cosine similarity to join a speaker. Tuned on simulated conversations (2-4 speakers, 5 turns
 # each, shuffled, 300 draws): EmoDB neutral speech is best at 0.76-0.78 (mean mapped accuracy
 # 0.93), espeak-ng voices at 0.78-0.80 (0.93-0.99); 0.78 serves both. Acted emotional speech
@@ -67,6 +69,9 @@ class SpeakerEmbedder:
     MIN_SPEECH_SECONDS of a turn that is itself long enough, the untrimmed (loudness-normalised)
     turn is embedded instead: the live segmenter already decided that it is speech.
     """
+
+    voice_profile = "resemblyzer"
+    """Its thresholds (stream/turns/voice_profiles.py)."""
 
     def __init__(self, device: str = "cpu") -> None:
         from resemblyzer import VoiceEncoder
@@ -163,17 +168,22 @@ class SpeakerAttributor:
 
     def __init__(self, max_speakers: int | None = None, threshold: float = DEFAULT_THRESHOLD,
                  margin: float = DEFAULT_MARGIN, face_bonus: float = DEFAULT_FACE_BONUS,
-                 max_clusters: int = DEFAULT_MAX_CLUSTERS) -> None:
+                 max_clusters: int = DEFAULT_MAX_CLUSTERS, short_threshold: float = SHORT_TURN_THRESHOLD,
+                 merge_threshold: float = MERGE_THRESHOLD) -> None:
         if max_speakers is not None and max_speakers < 1:
             raise ValueError(f"max_speakers must be at least 1 (or None for no limit), got {max_speakers}")
         if max_clusters < 1:
             raise ValueError(f"max_clusters must be at least 1, got {max_clusters}")
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+        for name, value in (("threshold", threshold), ("short_threshold", short_threshold),
+                            ("merge_threshold", merge_threshold)):
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a cosine similarity in [-1, 1], got {value}")
         if margin < 0 or face_bonus < 0:
             raise ValueError(f"margin and face_bonus must be non-negative, got {margin} and {face_bonus}")
         self.max_speakers = max_speakers
         self.threshold = threshold
+        self.short_threshold = short_threshold
+        self.merge_threshold = merge_threshold
         self.margin = margin
         self.face_bonus = face_bonus
         self.max_clusters = max_clusters
@@ -250,7 +260,7 @@ class SpeakerAttributor:
         full = self.max_speakers is not None and len(live) >= self.max_speakers
         if scores[best] < self.threshold and not full:
             if short:  # too little voice to found a speaker on
-                return best if scores[best] >= SHORT_TURN_THRESHOLD else None
+                return best if scores[best] >= self.short_threshold else None
             if self.max_speakers is None and len(self._clusters) >= self.max_clusters:
                 return None  # the safety cap: unknown, nothing changes
             return len(self._clusters)
@@ -325,7 +335,7 @@ class SpeakerAttributor:
                 ca, cb = self._clusters[a], self._clusters[b]
                 if ca.merged_into is not None or cb.merged_into is not None:
                     continue
-                if float(ca.centroid @ cb.centroid) < max(MERGE_THRESHOLD, self.threshold):
+                if float(ca.centroid @ cb.centroid) < max(self.merge_threshold, self.threshold):
                     continue
                 ca.add(cb.total, count=cb.count)
                 cb.merged_into = a
