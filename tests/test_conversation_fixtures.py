@@ -6,8 +6,8 @@ Each bound is the measured result of the committed pipeline with a little room, 
 merges or splits more turns, confuses a speaker or garbles words fails here. The bounds differ per
 encoder where the encoders differ: CAM++'s change thresholds (chosen for boundary F1 on validation
 conversations, bench/change_thresholds.py) split one speaker's turn at a pause more readily on
-these voices. Neither splits the overlap (0.5 s of both voices, then the second alone): the
-comparison inside continuous speech does not fire there.
+these voices. In the overlap, both end the first turn where its speaker stops, not where the
+second one starts.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ class Expected(NamedTuple):
 EXPECTED = {
     # measured: 7/6 turns (one speaker's turn split at a pause), speakers 1.0, WER 0.20
     ("campp", "short_gaps"): Expected(missed=0, extra=1, speaker_accuracy=1.0, wer=0.25),
-    # 2/3: the overlapping second speaker stays merged into the first turn; WER 0.04
+    # 2/3: Omar's turn is split off where Lena stops (4.51 s; his onset is at 3.95, inside her turn),
+    # and his two utterances 0.4 s apart, under --min-silence, stay one turn; WER 0.04
     ("campp", "overlap"): Expected(missed=1, extra=0, speaker_accuracy=0.66, wer=0.15),
     # 8/6 (two splits at pauses), speakers 1.0, WER 0.09
     ("campp", "three_speakers"): Expected(missed=0, extra=2, speaker_accuracy=1.0, wer=0.15),
@@ -47,7 +48,7 @@ EXPECTED = {
     ("campp", "backchannel"): Expected(missed=0, extra=0, speaker_accuracy=1.0, wer=0.1),
     # 6/6, speakers 1.0, WER 0.17
     ("resemblyzer", "short_gaps"): Expected(missed=0, extra=0, speaker_accuracy=1.0, wer=0.25),
-    # 2/3, as with CAM++; WER 0.04
+    # 2/3, the same turns as with CAM++; WER 0.04
     ("resemblyzer", "overlap"): Expected(missed=1, extra=0, speaker_accuracy=0.66, wer=0.15),
     # 7/6, speakers 1.0, WER 0.09
     ("resemblyzer", "three_speakers"): Expected(missed=0, extra=1, speaker_accuracy=1.0, wer=0.15),
