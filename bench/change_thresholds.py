@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recordings", type=Path, nargs="+", help="folders of merc-synth recordings")
     parser.add_argument("--embedders", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--min-silence", type=float, nargs="+", default=None, metavar="S",
+                        help="also score the profile's thresholds with each of these silences ending a turn "
+                             "(SegmenterOptions.min_silence; the grid itself uses the default)")
     parser.add_argument("--probe", type=float, default=SegmenterOptions.change_probe,
                         help="seconds of speech after a pause that are compared (SegmenterOptions.change_probe)")
     args = parser.parse_args(argv)
@@ -140,7 +143,19 @@ def main(argv: list[str] | None = None) -> int:
                                                           for k, v in pooled.items()}})
         best = max(rows, key=lambda r: r["f1"] or 0.0)
         current = next(r for r in rows if (r["change"], r["change_short"], r["change_window"]) == here)
-        result["embedders"][name] = {"best": best, "profile": current, "grid": rows,
+        silences = []
+        for silence in args.min_silence or []:
+            options = SegmenterOptions(change_threshold=here[0], change_threshold_short=here[1],
+                                       change_threshold_window=here[2], change_probe=args.probe, min_silence=silence)
+            scores, predicted = [], 0
+            for _, audio, vad, gold in data:
+                turns = segment(audio, vad, VoiceChangeDetector(memo), options)
+                predicted += len(turns)
+                scores.append(boundary_scores(gold, turns, tolerance=0.5))
+            silences.append({"min_silence": silence, "predicted_turns": predicted,
+                             **{k: round(v, 4) if v is not None else None
+                                for k, v in pooled_boundaries(scores).items()}})
+        result["embedders"][name] = {"best": best, "profile": current, "grid": rows, "min_silence": silences,
                                      "embeddings_computed": len(memo.cache)}
     print(json.dumps(result, indent=1))
     return 0
