@@ -98,6 +98,18 @@ def segment(audio: np.ndarray, vad: list[float], change: VoiceChangeDetector,
     return [{"t_start": t.t_start, "t_end": t.t_end, "speaker": "?"} for t in turns]
 
 
+def score(data: list[tuple[Path, np.ndarray, list[float], list[dict[str, Any]]]], memo: Memo,
+          options: SegmenterOptions) -> dict[str, Any]:
+    """Predicted turns and pooled boundary precision/recall/F1 of the segmenter with `options`."""
+    scores, predicted = [], 0
+    for _, audio, vad, gold in data:
+        turns = segment(audio, vad, VoiceChangeDetector(memo), options)
+        predicted += len(turns)
+        scores.append(boundary_scores(gold, turns, tolerance=0.5))
+    return {"predicted_turns": predicted, **{k: round(v, 4) if v is not None else None
+                                             for k, v in pooled_boundaries(scores).items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recordings", type=Path, nargs="+", help="folders of merc-synth recordings")
@@ -132,29 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         for change, short, window in tqdm(points, desc=name, file=sys.stderr):
             options = SegmenterOptions(change_threshold=change, change_threshold_short=short,
                                        change_threshold_window=window, change_probe=args.probe)
-            scores, predicted = [], 0
-            for _, audio, vad, gold in data:
-                turns = segment(audio, vad, VoiceChangeDetector(memo), options)
-                predicted += len(turns)
-                scores.append(boundary_scores(gold, turns, tolerance=0.5))
-            pooled = pooled_boundaries(scores)
             rows.append({"change": change, "change_short": short, "change_window": window,
-                         "predicted_turns": predicted, **{k: round(v, 4) if v is not None else None
-                                                          for k, v in pooled.items()}})
+                         **score(data, memo, options)})
         best = max(rows, key=lambda r: r["f1"] or 0.0)
         current = next(r for r in rows if (r["change"], r["change_short"], r["change_window"]) == here)
         silences = []
         for silence in args.min_silence or []:
             options = SegmenterOptions(change_threshold=here[0], change_threshold_short=here[1],
                                        change_threshold_window=here[2], change_probe=args.probe, min_silence=silence)
-            scores, predicted = [], 0
-            for _, audio, vad, gold in data:
-                turns = segment(audio, vad, VoiceChangeDetector(memo), options)
-                predicted += len(turns)
-                scores.append(boundary_scores(gold, turns, tolerance=0.5))
-            silences.append({"min_silence": silence, "predicted_turns": predicted,
-                             **{k: round(v, 4) if v is not None else None
-                                for k, v in pooled_boundaries(scores).items()}})
+            silences.append({"min_silence": silence, **score(data, memo, options)})
         result["embedders"][name] = {"best": best, "profile": current, "grid": rows, "min_silence": silences,
                                      "embeddings_computed": len(memo.cache)}
     print(json.dumps(result, indent=1))

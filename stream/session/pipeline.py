@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from merc.models.data.turns import REVISABLE_TURNS  # the attributor's and the trackers' window
 from merc.stream.session.seams import (
     Audio,
     AudioSource,
@@ -48,8 +49,6 @@ ERRORS_KEPT = 100
 """How many failed turns' details a pipeline keeps (the latest; `Pipeline.error_count` counts all)."""
 PROMPT_TURNS = 8
 """Earlier transcripts kept for Whisper's prompt (it takes only the last `prompt_words` words)."""
-REVISABLE_TURNS = 32
-"""Turns whose speaker can still be revised (the attributor's and the trackers' window)."""
 
 
 @dataclass

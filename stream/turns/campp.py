@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from merc.models.data.audio import SAMPLE_RATE, to_mono_16k
+from merc.models.data.audio import SAMPLE_RATE
 from merc.models.errors import MercError
 from merc.models.paths import cache_dir, sha256_file
+from merc.stream.turns.speakers import embeddable, unit_vector
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ WEIGHTS = Path("models") / "speech_campplus_sv_zh_en_16k-common_advanced" / "cam
 WEIGHTS_SHA256 = "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199"
 EMBEDDING_DIM = 192
 MEL_BINS = 80
-MIN_SPEECH_SECONDS = 0.3  # as SpeakerEmbedder: less audio gives an embedding too noisy to use
-SILENCE_RMS = 1e-4  # about -80 dBFS: digital silence, nothing to embed
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4  # the export matched PyTorch to 3e-6 on 0.75-s and 3-s inputs
 PROBE_SECONDS = 3.0
@@ -105,7 +104,7 @@ class CamPlusEmbedder:
 
     The weights file is checked against WEIGHTS_SHA256 before it is loaded; `weights` points at
     another copy of the same file (the packaged one by default). The embedding of audio shorter
-    than MIN_SPEECH_SECONDS, silent, or not finite is None.
+    than speakers.MIN_SPEECH_SECONDS, silent, or not finite is None (`embeddable`).
 
     On the CPU (engine "onnx", the default) the network runs on ONNX Runtime with `threads`
     threads: exported once into the cache (`$MERC_CACHE/campp/`) and checked against PyTorch
@@ -188,10 +187,8 @@ class CamPlusEmbedder:
         not finite."""
         import torch
 
-        wav = to_mono_16k(audio, sample_rate)
-        if wav.size < MIN_SPEECH_SECONDS * SAMPLE_RATE or not np.isfinite(wav).all():
-            return None
-        if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < SILENCE_RMS:
+        wav = embeddable(audio, sample_rate)
+        if wav is None:
             return None
         if self._session is not None:
             embedding = self._session.run(None, {"fbank": fbank(wav)[None]})[0][0]
@@ -199,7 +196,4 @@ class CamPlusEmbedder:
             feats = torch.from_numpy(fbank(wav))[None].to(self.device)
             with torch.inference_mode():
                 embedding = self._model(feats)[0].float().cpu().numpy()
-        norm = float(np.linalg.norm(embedding))
-        if not np.isfinite(norm) or norm == 0.0:
-            return None
-        return (embedding / norm).astype(np.float32)
+        return unit_vector(embedding)

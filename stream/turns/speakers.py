@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from merc.models.data.audio import SAMPLE_RATE, to_mono_16k
+from merc.models.data.turns import REVISABLE_TURNS
 
 EMBEDDING_DIM = 256
 MIN_SPEECH_SECONDS = 0.3  # shorter turns (or less voiced audio) give embeddings too noisy to attribute
@@ -50,13 +51,32 @@ SHORT_TURN_THRESHOLD = 0.6
 # A turn's weight in its speaker's centroid is its length in seconds, within these bounds: a long
 # turn's embedding is the surer one.
 WEIGHT_BOUNDS = (0.3, 4.0)
-# `revise` reconsiders the last REVISABLE_TURNS turns (the tracker can recompute as many).
-REVISABLE_TURNS = 32
+# `revise` reconsiders the last REVISABLE_TURNS turns: as many as the trackers can recompute
+# (merc.models.data.turns).
 # An earlier turn moves to another speaker when it is at least this much more similar to that
 # speaker's centroid (without itself) than to its own.
 REVISE_MARGIN = 0.05
 # Two speakers whose centroids are this similar are one: the later label is folded into the earlier.
 MERGE_THRESHOLD = 0.86
+
+
+def embeddable(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray | None:
+    """The audio as 16 kHz mono float32 if a voice encoder can use it: at least MIN_SPEECH_SECONDS,
+    finite, and not digital silence; else None. Shared by every voice encoder here."""
+    wav = to_mono_16k(audio, sample_rate)
+    if wav.size < MIN_SPEECH_SECONDS * SAMPLE_RATE or not np.isfinite(wav).all():
+        return None
+    if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < SILENCE_RMS:
+        return None
+    return wav
+
+
+def unit_vector(embedding: np.ndarray) -> np.ndarray | None:
+    """`embedding` scaled to unit length (float32), or None when it has no finite, non-zero length."""
+    norm = float(np.linalg.norm(embedding))
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    return (embedding / norm).astype(np.float32)
 
 
 class SpeakerEmbedder:
@@ -85,10 +105,8 @@ class SpeakerEmbedder:
         from resemblyzer import audio as rz_audio
         from resemblyzer.hparams import audio_norm_target_dBFS
 
-        wav = to_mono_16k(audio, sample_rate)
-        if wav.size < MIN_SPEECH_SECONDS * SAMPLE_RATE or not np.isfinite(wav).all():
-            return None
-        if float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < SILENCE_RMS:
+        wav = embeddable(audio, sample_rate)
+        if wav is None:
             return None
         wav = rz_audio.normalize_volume(wav, audio_norm_target_dBFS, increase_only=True)
         voiced = rz_audio.trim_long_silences(wav)
@@ -104,10 +122,7 @@ class SpeakerEmbedder:
             mel = rz_audio.wav_to_mel_spectrogram(wav)
             with torch.no_grad():
                 embedding = self._encoder(torch.from_numpy(mel[None]).to(self._encoder.device)).cpu().numpy()[0]
-        norm = float(np.linalg.norm(embedding))
-        if not np.isfinite(norm) or norm == 0.0:
-            return None
-        return (embedding / norm).astype(np.float32)
+        return unit_vector(embedding)
 
 
 @dataclass
