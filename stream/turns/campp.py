@@ -108,8 +108,9 @@ class CamPlusEmbedder:
 
     On the CPU (engine "onnx", the default) the network runs on ONNX Runtime with `threads`
     threads: exported once into the cache (`$MERC_CACHE/campp/`) and checked against PyTorch
-    before use, it takes 15 ms per 0.75 s of speech against PyTorch's 29 (3 s: 24 against 38; one
-    thread). Elsewhere, or with engine "torch", it runs under torch.inference_mode on `device`
+    before use, it made `merc-replay` 3.53x -> 4.38x real time with identical events
+    (bench/replay_speed.py; README, "Conversation benchmark"). Elsewhere, or with engine "torch",
+    it runs under torch.inference_mode on `device`
     with as many threads as torch is set to (torch.set_num_threads)."""
 
     voice_profile = "campp"
