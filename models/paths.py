@@ -60,3 +60,8 @@ def contained_file(directory: Path, name: object, links: bool = False) -> Path |
     if resolved == root or not resolved.is_relative_to(root):
         return None
     return path
+
+
+def end_of_turn_dir() -> Path:
+    """The bundled end-of-turn classifier: is a partial transcript a complete utterance?"""
+    return Path(str(resources.files("merc.models") / "end_of_turn"))
