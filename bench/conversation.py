@@ -319,8 +319,23 @@ def _ratio(rows: list[dict[str, Any]], num: str, den: str) -> float | None:
     return round(sum(r.get(num) or 0 for r in rows) / total, 4) if total else None
 
 
+def first_partial_ms(events: list[dict[str, Any]], pad: float = 0.1) -> list[float]:
+    """Per turn with a `turn.partial`, the ms from its speech onset to its first partial: the audio
+    the partial covered after the onset (its t_end - t_start, less the segmenter's pad) plus the
+    partial's own processing. At real time audio seconds are wall seconds."""
+    seen: set[int] = set()
+    out = []
+    for e in events:
+        if e.get("type") == "turn.partial" and e["turn"] not in seen:
+            seen.add(e["turn"])
+            out.append(1000 * (e["t_end"] - e["t_start"] - pad) + float(e["timings_ms"].get("total", 0.0)))
+        elif e.get("type") == "turn":
+            seen.discard(e["turn"])  # numbers start again after a reset
+    return out
+
+
 def summarise(condition: Condition, rows: list[dict[str, Any]], gold_text_pairs: list[tuple[str, str]] | None,
-              latency: list[float]) -> dict[str, Any]:
+              latency: list[dict[str, float]]) -> dict[str, Any]:
     """Per-condition means of per-recording figures and pooled totals (sums of seconds, boundaries,
     words, turns over the condition's recordings)."""
     collars = (0.25, 0.0) if condition.kind == "ami" else (0.25,)
@@ -333,7 +348,9 @@ def summarise(condition: Condition, rows: list[dict[str, Any]], gold_text_pairs:
                                                                              "confusion")), 4) if total else None
     bounds = pooled_boundaries({"matched": r["boundary_matched"],
                                 "reference_boundaries": r["boundary_reference_boundaries"],
-                                "hypothesis_boundaries": r["boundary_hypothesis_boundaries"]} for r in rows)
+                                "hypothesis_boundaries": r["boundary_hypothesis_boundaries"],
+                                "cut_turns": r["boundary_cut_turns"],
+                                "reference_turns": r["boundary_reference_turns"]} for r in rows)
     pooled.update({f"boundary_{k}": (round(v, 4) if v is not None else None) for k, v in bounds.items()})
     gold_turns = sum(r["gold_turns"] for r in rows)
     predicted_turns = sum(r["predicted_turns"] for r in rows)
@@ -355,7 +372,12 @@ def summarise(condition: Condition, rows: list[dict[str, Any]], gold_text_pairs:
                   emotion_recordings=len(emotion_rows))
     computes = [c for r in rows for c in r["compute_ms"]]
     pooled["compute_ms_per_turn"] = percentiles(computes)
-    pooled["latency_ms_speed1"] = percentiles(latency) if latency else None
+    totals = [float(t.get("total", float("nan"))) for t in latency]
+    pooled["latency_ms_speed1"] = percentiles(totals) if totals else None
+    # each stage's share at real time: p50 / p95 over the turns that have it, and how many do
+    parts = sorted({k for t in latency for k in t if k != "total"})
+    pooled["latency_parts_speed1"] = {k: {**percentiles([float(t[k]) for t in latency if k in t]),
+                                          "turns": sum(k in t for t in latency)} for k in parts} if latency else None
     speeds = [r["duration_s"] / r["replay_s"] for r in rows if r.get("replay_s")]
     pooled["replay_speed_x"] = round(statistics.fmean(speeds), 2) if speeds else None
     mean_keys = ["speaker_accuracy", "speaker_accuracy_paired", "boundary_f1", "boundary_precision",
@@ -372,9 +394,9 @@ def _pct(value: float | None, digits: int = 1) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The per-condition table (pooled figures) as Markdown."""
     head = ("| condition | recs | turns pred/gold | DER % (miss / FA / conf) | boundary F1 (P / R) | "
-            "speaker acc. | WER % (dialogue / matched / cpWER) | emotion WF1 ASR / gold text | "
-            "compute ms/turn p50 / p95 | latency ms p50 / p95 |")
-    lines = [head, "|" + "---|" * 10]
+            "early cuts / merges % | speaker acc. | WER % (dialogue / matched / cpWER) | "
+            "emotion WF1 ASR / gold text | compute ms/turn p50 / p95 | latency ms p50 / p95 |")
+    lines = [head, "|" + "---|" * 11]
     for name, c in result["conditions"].items():
         p = c["pooled"]
         der = (f"{_pct(p['der@0.25'])} ({_pct(p['missed@0.25'])} / {_pct(p['false_alarm@0.25'])} / "
@@ -383,6 +405,8 @@ def markdown(result: dict[str, Any]) -> str:
             der += f"; collar 0: {_pct(p['der@0'])}"
         f1 = (f"{p['boundary_f1']:.2f} ({p['boundary_precision']:.2f} / {p['boundary_recall']:.2f})"
               if p["boundary_f1"] is not None else "-")
+        cuts = ("-" if p.get("boundary_early_cuts") is None else
+                f"{_pct(p['boundary_early_cuts'])} / {_pct(p['boundary_merges'])}")
         wer = "-" if p["wer"] is None else f"{_pct(p['wer'])} / {_pct(p['matched_wer'])} / {_pct(p['cpwer'])}"
         emo = ("-" if p["emotion_wf1_asr"] is None else
                f"{p['emotion_wf1_asr']:.1f} / {p['emotion_wf1_gold_text']:.1f}" if p["emotion_wf1_gold_text"]
@@ -390,7 +414,7 @@ def markdown(result: dict[str, Any]) -> str:
         comp = p["compute_ms_per_turn"]
         lat = p["latency_ms_speed1"]
         lines.append(f"| {name} | {c['recordings']} | {p['predicted_turns']}/{p['gold_turns']} | {der} | {f1} | "
-                     f"{_pct(p['speaker_accuracy'])} % | {wer} | {emo} | {comp['p50']} / {comp['p95']} | "
+                     f"{cuts} | {_pct(p['speaker_accuracy'])} % | {wer} | {emo} | {comp['p50']} / {comp['p95']} | "
                      f"{'-' if not lat else str(lat['p50']) + ' / ' + str(lat['p95'])} |")
     return "\n".join(lines) + "\n"
 
@@ -461,17 +485,21 @@ def main(argv: list[str] | None = None) -> int:
                      if k in ("gold_turns", "predicted_turns", "der@0.25", "boundary_f1", "speaker_accuracy", "wer",
                               "replay_s")}
             print(f"[{name}] {recording.name}: {brief}", file=sys.stderr)
-        latency: list[float] = []
+        latency: list[dict[str, float]] = []
+        first_partials: list[float] = []
         if args.latency and condition.kind != "ami":
             for recording in recordings[:args.latency]:
                 events = args.out_dir / "events" / f"{args.label}-speed1" / name / f"{recording.name}.jsonl"
                 replay(recording, events, args, speed="1")
-                latency += [float((e.get("timings_ms") or {}).get("total", float("nan")))
-                            for e in read_events(events) if e.get("type") == "turn"]
+                replayed = read_events(events)
+                latency += [e.get("timings_ms") or {} for e in replayed if e.get("type") == "turn"]
+                first_partials += first_partial_ms(replayed)
         emotion_recordings = [r for r, row in zip(recordings, rows, strict=True) if row["emotion_scored"]]
         gold_pairs = track_gold_text(emotion_recordings, args.out_dir / "gold-text" / args.label / f"{name}.jsonl",
                                      args) if emotion_recordings else None
         result["conditions"][name] = summarise(condition, rows, gold_pairs, latency)
+        result["conditions"][name]["pooled"]["first_partial_ms_speed1"] = (
+            {**percentiles(first_partials), "turns": len(first_partials)} if first_partials else None)
         for row in rows:
             row.pop("emotion_pairs", None)
             computes = row.pop("compute_ms")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -185,7 +186,31 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how many people talk (a hint: never more speaker labels than this); without it "
                             "speakers are discovered as they talk")
     turns.add_argument("--min-silence", type=float, default=SegmenterOptions.min_silence,
-                       help="seconds of silence that end a turn (shorter: lower latency, turns cut at pauses)")
+                       help="seconds of silence that end a turn whatever was said (with the learned end of turn, "
+                            "the wait for a turn that does not sound finished; shorter: lower latency, turns cut "
+                            "at pauses)")
+    turns.add_argument("--end-of-turn", choices=("learned", "silence"), default=SegmenterOptions.end_of_turn,
+                       help="learned: after --eot-silence of silence the turn so far is transcribed, and ends if "
+                            "the end-of-turn classifier reads it as a finished utterance (\"see you tomorrow\" "
+                            "ends, \"so what I think is\" waits for --min-silence); silence: --min-silence alone")
+    turns.add_argument("--eot-silence", type=float, default=SegmenterOptions.eot_silence, metavar="SECONDS",
+                       help="silence after which the end-of-turn classifier is asked")
+    turns.add_argument("--eot-threshold", type=_probability, default=SegmenterOptions.eot_threshold, metavar="P",
+                       help="probability of a finished utterance at or above which the turn ends then")
+    turns.add_argument("--eot-early-cut", action=argparse.BooleanOptionalAction,
+                       default=SegmenterOptions.eot_early_cut,
+                       help="after a short pause, when the words so far read as finished and the voice after the "
+                            "pause already sounds different halfway through the 0.75-s probe, end the turn then "
+                            "instead of after the whole probe (sooner for turns a new voice ends; on validation "
+                            "it cut more turns early)")
+    turns.add_argument("--partials", type=float, default=None, metavar="SECONDS",
+                       help="while a turn is spoken, send a provisional result (turn.partial: text so far, "
+                            "speaker and emotion) every SECONDS of it; 0: none (default: every "
+                            f"{SegmenterOptions.partial_every:g} s, except merc-replay --speed max, which only "
+                            "writes final turns unless asked)")
+    turns.add_argument("--end-of-turn-model", type=Path, default=None, metavar="DIR",
+                       help="an end-of-turn classifier trained with merc-end-of-turn train (default: the bundled "
+                            "one); exported to ONNX into the cache on first use")
     turns.add_argument("--max-turn", type=float, default=SegmenterOptions.max_turn,
                        help="seconds after which a long turn is split")
     turns.add_argument("--min-turn", type=float, default=SegmenterOptions.min_turn,
@@ -240,8 +265,13 @@ def speaker_options(args: argparse.Namespace) -> SpeakerOptions:
 
 def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
     """The voice-change thresholds are the encoder's (--change-threshold overrides the pause one)."""
+    partials = args.partials
+    if partials is None:  # nobody watches a replay at full speed
+        partials = 0.0 if math.isinf(getattr(args, "speed", None) or 1.0) else SegmenterOptions.partial_every
     base = SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn,
-                            split_on_voice=args.voice_split)
+                            split_on_voice=args.voice_split, end_of_turn=args.end_of_turn,
+                            eot_silence=args.eot_silence, eot_threshold=args.eot_threshold,
+                            eot_early_cut=args.eot_early_cut, partial_every=partials)
     return voice_profile(resolve_embedder(args.speaker_embedder)).segmenter_options(base, args.change_threshold)
 
 
@@ -293,13 +323,29 @@ def load_tracker(options: TrackerOptions) -> Tracker:
 
 
 def open_session(options: SessionOptions, bus: EventBus, *, tracker: Tracker | None = None,
-                 face_tracker: FaceTimeline | None = None) -> Session:
-    """`build_session` as the commands run it: a model's bundle is exported on first use, and every
-    model is warmed up on the bundled example's speech."""
+                 face_tracker: FaceTimeline | None = None, end_of_turn_model: Path | None = None) -> Session:
+    """`build_session` as the commands run it: a model's bundle (and the end-of-turn classifier,
+    `end_of_turn_model` or the bundled one) is exported on first use, and every model is warmed up
+    on the bundled example's speech."""
     from merc.stream.session.build import build_session
 
+    exported = end_of_turn_export(end_of_turn_model) if options.segmenter.end_of_turn == "learned" else None
     return build_session(options, bus, tracker=tracker, export_bundle=export_to_cache, face_tracker=face_tracker,
-                         warm_up_audio=warm_up_audio())
+                         warm_up_audio=warm_up_audio(), end_of_turn=exported)
+
+
+def end_of_turn_export(model: Path | None = None) -> Path:
+    """The end-of-turn classifier's ONNX export (made in the cache on first use; torch is imported
+    only then)."""
+    from merc.export.serve.end_of_turn import cached_export
+    from merc.models.paths import end_of_turn_dir
+
+    cached = cached_export(Path(model or end_of_turn_dir()))
+    if cached is not None:
+        return cached
+    from merc.export.build.end_of_turn import ensure_end_of_turn
+
+    return ensure_end_of_turn(model)
 
 
 def is_input_error(err: BaseException) -> bool:

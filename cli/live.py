@@ -130,7 +130,8 @@ def run_session(args: argparse.Namespace, source: AudioSource) -> int:
     face_tracker = camera = None
     if args.camera is not None:
         camera, face_tracker = _start_camera(args.camera, status, source, args.face_model)
-    session = open_session(options, bus, tracker=tracker, face_tracker=face_tracker)
+    session = open_session(options, bus, tracker=tracker, face_tracker=face_tracker,
+                           end_of_turn_model=args.end_of_turn_model)
     recorder = None
     # The recording's events file and stdout are written behind bounded queues, each by a thread
     # of its own (stream/session/sinks.py): a stalled reader or disk never stalls the pipeline

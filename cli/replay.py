@@ -94,14 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_arguments(parser, argv)
+    if args.speed is None:  # real time when served (someone watches), else as fast as possible
+        args.speed = 1.0 if args.serve else math.inf
     check_server_arguments(parser, args, serving=args.serve)
     return run_command("merc-replay", replay, args)
 
 
 def _speed(args: argparse.Namespace) -> float | None:
     """The source's pace: None = as fast as possible."""
-    speed = args.speed if args.speed is not None else (1.0 if args.serve else math.inf)
-    return None if math.isinf(speed) else speed
+    return None if math.isinf(args.speed) else args.speed
 
 
 def replay(args: argparse.Namespace) -> int:
@@ -120,7 +121,8 @@ def replay(args: argparse.Namespace) -> int:
     # few seconds to finish, so the events file of a normal run is complete.
     with open(out, "wb", buffering=0) as events:  # unbuffered: one write per event, no lock held
         bus = EventBus(session=f"replay-{recording.name}-{uuid.uuid4().hex[:8]}")
-        session = open_session(session_options(args, serving=args.serve), bus)
+        session = open_session(session_options(args, serving=args.serve), bus,
+                               end_of_turn_model=args.end_of_turn_model)
         server = None
         if args.serve:
             from merc.stream.wire.overlay_http import overlay_url, process_request

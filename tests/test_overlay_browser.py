@@ -16,7 +16,7 @@ import pytest
 from merc.stream.recordings.recording import open_recording
 from merc.stream.recordings.replay import replay_recording
 from merc.stream.recordings.scoring import apply_updates
-from merc.stream.wire.events import EventBus, turn_event, turn_update_event
+from merc.stream.wire.events import EventBus, turn_event, turn_partial_event, turn_update_event
 from merc.stream.wire.overlay_http import process_request
 from merc.stream.wire.server import EventServer
 
@@ -297,6 +297,45 @@ def test_a_turn_update_corrects_the_row_and_the_timeline_in_place(browser):
         assert page.locator("#timeline rect.mark").count() == 3 and page.evaluate("mercOverlay.missed") == 0
         screenshot(page, "overlay-corrected.png")
         wait_for(page, "document.querySelector('#turns .turn.corrected') === null", timeout=WAIT_MS)  # briefly
+        page.close()
+    finally:
+        served.server.stop()
+
+
+def test_a_partial_shows_as_one_provisional_row_that_the_final_turn_replaces(browser):
+    """turn.partial events of the turn still spoken redraw one provisional row (dashed, its
+    unconfirmed words fainter), always last; the final turn with that number replaces it; no
+    partial is ever a turn or a timeline mark."""
+    served = Served("overlay-partial")
+    try:
+        served.publish_turn("hello there", label="joy", speaker="S1")
+        page = open_overlay(browser, served)
+        wait_caught_up(page, served)
+        for text, stable, label in (("so what I", "", "neutral"), ("so what I think is we", "so what I", "neutral"),
+                                    ("so what I think is we should go", "so what I think is", "fear")):
+            served.bus.publish(turn_partial_event(turn=1, speaker="S2", t_start=33.0, t_end=35.0, text=text,
+                                                  stable=stable, label=label, confidence=0.6, probs={label: 0.6},
+                                                  timings_ms={"asr": 90.0}))
+        wait_caught_up(page, served)
+        rows = page.locator("#turns .turn")
+        assert rows.count() == 2
+        row = page.locator("#turns .turn.provisional")
+        assert row.count() == 1 and rows.nth(1).get_attribute("class") == "turn provisional"
+        assert row.locator(".text").inner_text() == "so what I think is we should go"
+        assert row.locator(".stable").inner_text() == "so what I think is"
+        assert row.locator(".tentative").inner_text().strip() == "we should go"
+        assert row.locator(".label").inner_text() == "fear 60%" and row.locator(".speaker").inner_text() == "S2"
+        assert row.evaluate("r => getComputedStyle(r).borderLeftStyle") == "dashed"
+        assert float(row.evaluate("r => getComputedStyle(r).opacity")) < 1
+        assert page.evaluate("mercOverlay.partial")["stable"] == "so what I think is"
+        assert len(page.evaluate("mercOverlay.turns")) == 1 and page.locator("#timeline rect.mark").count() == 1
+        screenshot(page, "overlay-partial.png")
+
+        served.publish_turn("so what I think is we should go home", label="sadness", speaker="S2")
+        wait_caught_up(page, served)
+        assert page.locator("#turns .turn.provisional").count() == 0 and rows.count() == 2
+        assert rows.nth(1).locator(".text").inner_text() == "so what I think is we should go home"
+        assert page.evaluate("mercOverlay.partial") is None
         page.close()
     finally:
         served.server.stop()

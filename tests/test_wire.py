@@ -39,6 +39,7 @@ from merc.stream.wire.messages import (
     Pong,
     Status,
     Turn,
+    TurnPartial,
     TurnUpdate,
     error,
     major_version,
@@ -114,7 +115,10 @@ def test_typed_events_validate_once_stamped():
                                           confidence=0.9, probs={"joy": 0.9, "neutral": 0.1}, modalities=["text"],
                                           available=["text", "audio"], timings_ms=TIMINGS, speech_end=1e9),
                TurnUpdate.of(turn=0, speaker=None, label="neutral", confidence=0.6,
-                             probs={"joy": 0.4, "neutral": 0.6})]
+                             probs={"joy": 0.4, "neutral": 0.6}),
+               TurnPartial.of(turn=1, speaker=None, t_start=2.5, t_end=3.5, text="so what I", stable="so",
+                              label="neutral", confidence=0.7, probs={"joy": 0.3, "neutral": 0.7},
+                              timings_ms={"asr": 80.0})]
     assert {type(s) for s in samples} == set(SERVER_EVENTS)
     for sample in samples:
         for direct in (False, True):
@@ -213,7 +217,7 @@ def test_an_update_replaces_only_what_it_corrects():
 
 def test_the_hello_announces_the_minor_version_and_updates_are_never_shed():
     hello = connection().open("/", last_seq=0, sent=1.0).replies[0]
-    assert hello["protocol"] == PROTOCOL == f"{PROTOCOL_VERSION}.1" and hello["v"] == PROTOCOL_VERSION
+    assert hello["protocol"] == PROTOCOL == f"{PROTOCOL_VERSION}.2" and hello["v"] == PROTOCOL_VERSION
     VALIDATOR.validate(hello)
     VALIDATOR.validate({k: v for k, v in hello.items() if k != "protocol"})  # a 1.0 server's hello
     assert not VALIDATOR.is_valid({**hello, "protocol": "one"})

@@ -82,7 +82,7 @@
     const state = {
       session: null, labels: [], turns: [], lastSeq: 0, missed: 0, connectionState: "connecting",
       connections: 0, devices: { microphone: null, camera: null, face: null }, socket: null,
-      backoff: BACKOFF_MS[0], retryTimer: null, held: false, noticeTimer: null, version: null,
+      backoff: BACKOFF_MS[0], retryTimer: null, held: false, noticeTimer: null, version: null, partial: null,
     };
     doc.body.classList.toggle("transparent", options.transparent);
     doc.body.classList.toggle("compact", options.compact);
@@ -153,6 +153,7 @@
       state.missed += Math.max(0, event.seq - state.lastSeq - 1);
       state.lastSeq = event.seq;
       if (event.type === "turn") addTurn(event);
+      else if (event.type === "turn.partial") showPartial(event);
       else if (event.type === "turn.update") updateTurn(event);
       else if (event.type === "status") updateDevices(event);
       else if (event.type === "error") notify(event.message);
@@ -179,6 +180,7 @@
     }
 
     function forget() {
+      state.partial = null;
       state.turns = [];
       state.lastSeq = 0;
       state.missed = 0;
@@ -186,7 +188,33 @@
       drawTimeline();
     }
 
+    function dropPartial() {
+      state.partial = null;
+      view.turns.querySelector(".turn.provisional")?.remove();
+    }
+
+    function showPartial(event) {
+      // The turn still being spoken: one provisional row at the bottom, redrawn by each newer
+      // partial and replaced by the final turn. The words decodes agreed on are solid, the rest faint.
+      state.partial = { ...event };
+      let row = view.turns.querySelector(".turn.provisional");
+      if (row === null) {
+        row = element("li", "turn provisional");
+        row.title = "still being spoken: provisional";
+        row.append(element("span", "speaker"), element("span", "label"), element("span", "text"));
+        view.turns.append(row);
+      }
+      row.dataset.turn = event.turn;
+      fillRow(row, event);
+      const stable = event.stable && event.text.startsWith(event.stable) ? event.stable : "";
+      row.querySelector(".text").replaceChildren(element("span", "stable", stable),
+        element("span", "tentative", event.text.slice(stable.length)));
+      view.turns.append(row); // stays last
+      view.turns.scrollTop = view.turns.scrollHeight;
+    }
+
     function addTurn(event) {
+      dropPartial();
       state.turns.push({ ...event, updates: 0 });
       const row = element("li", "turn");
       row.dataset.seq = event.seq;
@@ -294,6 +322,8 @@
     const hooks = {
       get turns() { return state.turns.map((t) => ({ seq: t.seq, turn: t.turn, speaker: t.speaker,
         label: t.label, confidence: t.confidence, text: t.text, updates: t.updates })); },
+      get partial() { return state.partial && { turn: state.partial.turn, speaker: state.partial.speaker,
+        label: state.partial.label, text: state.partial.text, stable: state.partial.stable }; },
       get lastSeq() { return state.lastSeq; },
       get missed() { return state.missed; },
       get state() { return state.connectionState; },

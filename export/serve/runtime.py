@@ -238,12 +238,7 @@ class BundleTracker:
         model was not trained on is ignored, and an absent one is marked missing.
         """
         started = time.perf_counter()
-        features = {}
-        if text.strip() and "text" in self.modalities:
-            features["text"] = self.encoder([self._so_far.encoder_input(text, speaker)])[0]
-        for name, vector in (extra or {}).items():
-            if name in self.modalities and name != "text" and vector is not None:
-                features[name] = vector
+        features = self._features(speaker, text, extra)
         encoded = time.perf_counter()
         before = self.dag.window
         probs = self.dag.step(features, self._so_far.speaker_id(speaker))
@@ -253,6 +248,26 @@ class BundleTracker:
                                      {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
         self._history.keep(result, features, before)
         return result
+
+    def preview(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None = None) -> TurnResult:
+        """The emotion the next turn would get if it ended now, committing nothing: a graph step
+        from the current window whose result is dropped (a turn still in progress)."""
+        started = time.perf_counter()
+        features = self._features(speaker, text, extra)
+        encoded = time.perf_counter()
+        probs, _ = self._step(self.dag.window, features, self._so_far.peek_speaker_id(speaker))
+        done = time.perf_counter()
+        return self._so_far.preview(speaker, text, self.labels, probs, tuple(m for m in MODALITIES if m in features),
+                                    {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
+
+    def _features(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None) -> dict[str, Any]:
+        features = {}
+        if text.strip() and "text" in self.modalities:
+            features["text"] = self.encoder([self._so_far.encoder_input(text, speaker)])[0]
+        for name, vector in (extra or {}).items():
+            if name in self.modalities and name != "text" and vector is not None:
+                features[name] = vector
+        return features
 
     def revise(self, speakers: Mapping[int, str | None]) -> list[TurnResult]:
         """Correct the speakers of earlier turns (turn index, as `track` returned it -> speaker) and

@@ -72,6 +72,18 @@ class DialogueTracker:
         return result
 
     @torch.inference_mode()
+    def preview(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None = None) -> TurnResult:
+        """The emotion the next turn would get if it ended now, committing nothing (`_step` is pure)."""
+        started = time.perf_counter()
+        features = ({"text": self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text, speaker)]))[0]}
+                    if text.strip() else {})
+        encoded = time.perf_counter()
+        probs, _ = self._step(self._state, features, self._so_far.peek_speaker_id(speaker))
+        done = time.perf_counter()
+        return self._so_far.preview(speaker, text, self.labels, probs, tuple(m for m in MODALITIES if m in features),
+                                    {"text_encoder": 1000 * (encoded - started), "graph": 1000 * (done - encoded)})
+
+    @torch.inference_mode()
     def revise(self, speakers: Mapping[int, str | None]) -> list[TurnResult]:
         """Correct the speakers of earlier turns (turn index, as `track` returned it -> speaker) and
         recompute the graph from the earliest corrected one; returns the turns whose speaker, label

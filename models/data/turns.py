@@ -77,6 +77,17 @@ class ConversationSoFar:
             return UNKNOWN_SPEAKER
         return self.speakers.setdefault(speaker, len(self.speakers))
 
+    def peek_speaker_id(self, speaker: str | None) -> int:
+        """The id `speaker_id` would give, without registering a new speaker (a preview)."""
+        if speaker is None:
+            return UNKNOWN_SPEAKER
+        return self.speakers.get(speaker, len(self.speakers))
+
+    def preview(self, speaker: str | None, text: str, labels: Sequence[str], probs: Sequence[float],
+                modalities: tuple[str, ...], timings_ms: dict[str, float]) -> TurnResult:
+        """The result the next turn would have, recording nothing (a turn still in progress)."""
+        return verdict(self.turns, speaker, text, labels, probs, modalities, timings_ms)
+
     def encoder_input(self, text: str, speaker: str | None = None) -> tuple[str, str]:
         """(text, context) of a new turn by `speaker`, from the earlier turns only."""
         speakers = self.recent_speakers + [speaker] if self.speaker_markers else None

@@ -111,11 +111,36 @@ def boundary_scores(reference: Iterable[Turn], hypothesis: Iterable[Turn], toler
     r = recall.compute_metric(r_parts) if n_ref else 1.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     return {"precision": p, "recall": r, "f1": f1, "matched": matched, "reference_boundaries": n_ref,
-            "hypothesis_boundaries": n_hyp}
+            "hypothesis_boundaries": n_hyp, "cut_turns": len(cut_turns(reference, hypothesis, tolerance)),
+            "reference_turns": len(ref)}
+
+
+def cut_turns(reference: Iterable[Turn], hypothesis: Iterable[Turn], tolerance: float = 0.5) -> list[int]:
+    """The gold turns cut too early: those with a predicted turn starting inside them (more than
+    `tolerance` from both ends) and farther than `tolerance` from every gold turn's start. A thinking
+    pause or a sentence end taken for the end of the turn, not a boundary put a little off."""
+    from pyannote.core import Segment
+
+    gold = sorted((float(t["t_start"]), float(t["t_end"])) for t in reference)
+    gold_starts = [s for s, _ in gold]
+    starts = sorted({float(t["t_start"]) for t in hypothesis})[1:]
+    cut: set[int] = set()
+    for b in starts:
+        if any(abs(b - s) <= tolerance for s in gold_starts):
+            continue
+        cut.update(k for k, (s, e) in enumerate(gold) if e - s > 2 * tolerance
+                   and Segment(s + tolerance, e - tolerance).overlaps(b))
+    return sorted(cut)
 
 
 def pooled_boundaries(rows: Iterable[Mapping[str, float]]) -> dict[str, float | None]:
-    """Precision, recall and F1 over the boundaries of several recordings (`boundary_scores` rows)."""
+    """Precision, recall and F1 over the boundaries of several recordings (`boundary_scores` rows),
+    and the two ways a boundary goes wrong, from the same one-to-one matching:
+
+    * `early_cuts`: the share of gold turns cut too early (`cut_turns`: a turn cut where nobody
+      stopped, e.g. at a thinking pause or between two sentences of one turn);
+    * `merges`: gold boundaries with no predicted boundary within the tolerance, per gold boundary
+      (two turns run together)."""
     rows = list(rows)
     matched = sum(r["matched"] for r in rows)
     n_ref = sum(r["reference_boundaries"] for r in rows)
@@ -124,7 +149,10 @@ def pooled_boundaries(rows: Iterable[Mapping[str, float]]) -> dict[str, float | 
     r = matched / n_ref if n_ref else None
     f1 = 2 * p * r / (p + r) if p is not None and r is not None and p + r else (0.0 if p is not None and
                                                                                 r is not None else None)
-    return {"precision": p, "recall": r, "f1": f1}
+    gold_turns = sum(r.get("reference_turns", 0) for r in rows)
+    return {"precision": p, "recall": r, "f1": f1,
+            "early_cuts": sum(r.get("cut_turns", 0) for r in rows) / gold_turns if gold_turns else None,
+            "merges": (n_ref - matched) / n_ref if n_ref else None}
 
 
 def purity_coverage(reference: Iterable[Turn], hypothesis: Iterable[Turn], tolerance: float = 0.5

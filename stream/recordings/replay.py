@@ -10,6 +10,7 @@ from merc.stream.recordings.recording import Recording
 from merc.stream.session.options import SessionOptions
 from merc.stream.session.pipeline import TurnProcessor
 from merc.stream.session.session import Session
+from merc.stream.turns.end_of_turn import Completeness
 from merc.stream.turns.segmenter import SegmenterOptions
 from merc.stream.turns.voice_profiles import voice_profile
 from merc.stream.wire.events import EventBus
@@ -47,14 +48,16 @@ def replay_session(recording: Recording, session: Session, speed: float | None) 
 
 
 def replay_recording(recording: Recording, processor: TurnProcessor, bus: EventBus, speed: float | None,
-                     segmenter: SegmenterOptions | None = None) -> ReplayResult:
+                     segmenter: SegmenterOptions | None = None,
+                     completeness: Completeness | None = None) -> ReplayResult:
     """`replay_session` on bare parts (tests, benchmarks): a session around `processor` and `bus`.
     Without `segmenter`, the default segmenter with the change thresholds of the processor's voice
-    encoder (as the commands build it)."""
-    if segmenter is None:
-        segmenter = SegmenterOptions()
+    encoder (as the commands build it; `turn.partial` events only at a finite speed). Without
+    `completeness` (the end-of-turn classifier), silence alone ends turns."""
+    if segmenter is None:  # as merc-replay: provisional results only when someone could watch
+        segmenter = SegmenterOptions(partial_every=SegmenterOptions.partial_every if speed else 0.0)
         profile = getattr(processor.embedder, "voice_profile", None)
         if profile is not None:
             segmenter = voice_profile(profile).segmenter_options(segmenter)
     options = SessionOptions(segmenter=segmenter)
-    return replay_session(recording, Session(processor, bus, options), speed)
+    return replay_session(recording, Session(processor, bus, options, completeness=completeness), speed)

@@ -13,7 +13,8 @@ is a miss). On the pairs:
 
 Everything is scored on the final state of the turns: each `turn.update` (a correction of an
 earlier turn's speaker, and so of its emotion) is folded into the turn it names first
-(`apply_updates`).
+(`apply_updates`). `turn.partial` events (provisional results while a turn is spoken) are never
+scored; how often a turn's final label differs from its last partial is reported beside.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np
 from merc.stream.wire.events import apply_update
 
 UPDATE = "turn.update"
+PARTIAL = "turn.partial"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class ReplayScores:
     emotion_turns: int
     updated_turns: int = 0
     """Predicted turns corrected by at least one `turn.update` before scoring."""
+    partial_turns: int = 0
+    """Predicted turns that had at least one `turn.partial` before them (partials are never scored)."""
+    partial_label_changes: int = 0
+    """Of those, the turns whose final label differs from their last partial's."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,12 +119,32 @@ def apply_updates(events: list[dict]) -> list[dict]:
     return folded
 
 
+def partial_label_changes(events: list[dict]) -> tuple[int, int]:
+    """(turns with a `turn.partial` before them, those whose final label differs from the last
+    partial's): how far a provisional emotion can be trusted. Each `turn` is compared with the last
+    partial carrying its number since the previous turn."""
+    last: dict[int, str] = {}
+    partial_turns = changed = 0
+    for event in events:
+        kind, number = event.get("type"), event.get("turn")
+        if kind == PARTIAL and isinstance(number, int) and isinstance(event.get("label"), str):
+            last[number] = event["label"]
+        elif kind == "turn" and isinstance(number, int):
+            label = last.pop(number, None)
+            if label is not None:
+                partial_turns += 1
+                changed += label != event.get("label")
+    return partial_turns, changed
+
+
 def score_replay(gold: list[dict], events: list[dict]) -> ReplayScores:
     """Scores of the `turn` events in `events` against `gold` (both with t_start/t_end in seconds),
-    after folding in any `turn.update` (`apply_updates`)."""
+    after folding in any `turn.update` (`apply_updates`). `turn.partial` events are not scored;
+    they are counted against their final turns (`partial_label_changes`)."""
     import jiwer
     from sklearn.metrics import accuracy_score, f1_score
 
+    partial_turns, changed = partial_label_changes(events)
     events = apply_updates(events)
     predicted = sorted((e for e in events if e.get("type") == "turn"), key=lambda e: e["t_start"])
     pairs = pair_turns(gold, predicted)
@@ -137,7 +163,8 @@ def score_replay(gold: list[dict], events: list[dict]) -> ReplayScores:
                         missed_turns=len(gold) - len(pairs), extra_turns=len(predicted) - len(pairs),
                         speaker_accuracy=right / len(gold) if gold else 0.0, speaker_mapping=mapping, wer=wer,
                         emotion_weighted_f1=wf1, emotion_accuracy=acc, emotion_turns=len(emo),
-                        updated_turns=sum(bool(p.get("updates")) for p in predicted))
+                        updated_turns=sum(bool(p.get("updates")) for p in predicted),
+                        partial_turns=partial_turns, partial_label_changes=changed)
 
 
 def find_events(directory: Path) -> Path:
@@ -202,4 +229,7 @@ def format_scores(scores: ReplayScores) -> str:
         + (f"  ({scores.updated_turns} turns corrected by turn.update)" if scores.updated_turns else ""),
         f"transcript WER   {100 * scores.wer:.1f}%",
         f"emotion wF1      {emo}",
+        *([f"provisional      the final label differs from the last turn.partial in "
+           f"{scores.partial_label_changes} of {scores.partial_turns} turns "
+           f"({100 * scores.partial_label_changes / scores.partial_turns:.0f}%)"] if scores.partial_turns else []),
     ])

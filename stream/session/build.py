@@ -20,11 +20,12 @@ from merc.stream.session.pipeline import TurnProcessor
 from merc.stream.session.seams import Audio, FaceFeaturizer, FaceTimeline, Featurizer, Tracker, Transcriber
 from merc.stream.session.session import Session, hello_body
 from merc.stream.session.sinks import PRINTER_CAPACITY, QueuedSink, stream_writer
+from merc.stream.turns.end_of_turn import Completeness
 from merc.stream.wire.events import EventBus
 
 __all__ = [
     "TABLE_HEADER", "BundleExporter", "build_processor", "build_session", "clip", "format_event", "hello_body",
-    "load_tracker", "load_transcriber", "printer_sink", "turn_printer", "warm_up",
+    "load_completeness", "load_tracker", "load_transcriber", "printer_sink", "turn_printer", "warm_up",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,29 @@ def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: Fac
 
 def build_session(options: SessionOptions, bus: EventBus, *, tracker: Tracker | None = None,
                   export_bundle: BundleExporter | None = None, face_tracker: FaceTimeline | None = None,
-                  warm_up_audio: Audio | None = None) -> Session:
+                  warm_up_audio: Audio | None = None, end_of_turn: Path | None = None) -> Session:
     """The session `options` describe, publishing on `bus`: the tracker (loaded unless given), the
-    per-turn processor, and through `Session.pipeline`/`Session.serve` the segmenter and server."""
+    per-turn processor, and through `Session.pipeline`/`Session.serve` the segmenter and server.
+    `end_of_turn`: the exported end-of-turn classifier (merc.export.build.end_of_turn, which the
+    command runs), needed when the options ask for the learned end of turn."""
     if tracker is None:
         tracker = load_tracker(options.tracker, export_bundle)
     processor = build_processor(options, tracker, face_tracker, warm_up_audio)
-    return Session(processor, bus, options)
+    return Session(processor, bus, options, completeness=load_completeness(options, end_of_turn))
+
+
+def load_completeness(options: SessionOptions, exported: Path | None) -> Completeness | None:
+    """The end-of-turn classifier on ONNX Runtime when the options ask for the learned end of turn."""
+    if options.segmenter.end_of_turn != "learned":
+        return None
+    if exported is None:
+        from merc.export.serve.end_of_turn import EndOfTurnExportError
+
+        raise EndOfTurnExportError("the learned end of turn needs the exported classifier (merc-end-of-turn score "
+                                   "exports it); or use --end-of-turn silence")
+    from merc.export.serve.end_of_turn import CompletenessModel
+
+    return CompletenessModel(exported)
 
 
 def _acoustic_featurizer(tracker: Tracker, transcriber: Transcriber, asr: AsrOptions) -> Featurizer | None:

@@ -37,9 +37,10 @@ from merc.stream.session.seams import (
     Vector,
     VoiceEmbedder,
 )
+from merc.stream.turns.partials import LocalAgreement, TurnInProgress
 from merc.stream.turns.segmenter import SpeechSegment, TurnSegmenter
 from merc.stream.turns.transcribe import conversation_prompt
-from merc.stream.wire.events import turn_event, turn_update_events
+from merc.stream.wire.events import turn_event, turn_partial_event, turn_update_events
 
 __all__ = ["ERRORS_KEPT", "FaceTimeline", "Pipeline", "Tracker", "TurnProcessor"]
 
@@ -78,6 +79,9 @@ class TurnProcessor:
     _turn_of: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
     """The attributor's turn ordinal (its `assign` calls since reset) -> the tracker's turn index."""
     _assigned: int = field(default=0, init=False, repr=False, compare=False)
+    _agreement: LocalAgreement = field(default_factory=LocalAgreement, init=False, repr=False, compare=False)
+    _draft: Transcriber | None = field(default=None, init=False, repr=False, compare=False)
+    """The transcriber's cheaper sibling for partial results (made on the first one)."""
     _reset_requested: threading.Event = field(default_factory=threading.Event, init=False, repr=False,
                                               compare=False)
 
@@ -97,6 +101,11 @@ class TurnProcessor:
         finishes in the old conversation)."""
         self._reset_requested.set()
 
+    def prompt(self) -> str | None:
+        """Whisper's prompt for the next turn: the last `prompt_words` words said (None: no prompt).
+        The end-of-turn judge decodes the turn in progress with it (stream/turns/end_of_turn.py)."""
+        return conversation_prompt(self._texts, self.prompt_words) if self.prompt_words > 0 else None
+
     def process(self, segment: SpeechSegment) -> list[dict[str, Any]]:
         """The event bodies one segment makes: its `turn`, then a `turn.update` per earlier turn
         whose speaker (and so emotion) was revised."""
@@ -104,13 +113,22 @@ class TurnProcessor:
             self.reset()
         timings = {"segmentation": 1000 * max(0.0, segment.decided_clock - segment.speech_end_clock)}
         started = self.clock()
-        prompt = conversation_prompt(self._texts, self.prompt_words) if self.prompt_words > 0 else None
-        transcript = self.transcriber.transcribe(segment.audio, prompt=prompt)
+        judged = segment.judgement
+        if judged is not None:  # decoded by the end-of-turn judge, inside the segmentation time
+            transcript = judged.transcript
+        else:
+            transcript = self.transcriber.transcribe(segment.audio, prompt=self.prompt())
         text = transcript.text.strip()
         if text:
             self._texts.append(text)
         asr_done = self.clock()
         timings["asr"] = 1000 * (asr_done - started)
+        if judged is not None and segment.decoded_early:  # decoded while the next voice was probed
+            timings["asr_overlapped"] = judged.asr_ms
+        elif judged is not None:  # decoded after the short silence, then judged: not waiting time
+            timings["segmentation"] = max(0.0, timings["segmentation"] - judged.asr_ms - judged.classify_ms)
+            timings["asr"] += judged.asr_ms
+            timings["end_of_turn"] = judged.classify_ms
 
         speaker = None
         attributed = self.embedder is not None and self.attributor is not None
@@ -149,6 +167,37 @@ class TurnProcessor:
             speech_end=speech_end)
         return [body, *self._revisions(ordinal, result.index)] if attributed else [body]
 
+    def partial(self, turn: TurnInProgress) -> dict[str, Any] | None:
+        """The `turn.partial` body of a running turn: its transcript so far (with the prefix that
+        successive decodes agreed on), the speaker its voice matches now and the emotion the graph
+        would give it now. Nothing is committed: the speakers, the graph and Whisper's prompt stay
+        as they are until the turn ends. None when nothing intelligible was said yet.
+
+        The decode is the transcriber's `draft` (greedy, short window): it runs on the pipeline
+        thread while the turn goes on, so it must be done well before the turn's end can be
+        decided (after `eot_silence` of silence), and the final transcript is decoded in full."""
+        if self._reset_requested.is_set():
+            self.reset()
+        started = self.clock()
+        if self._draft is None:
+            self._draft = self.transcriber.draft()
+        transcript = self._draft.transcribe(turn.audio, prompt=self.prompt())
+        text, stable = self._agreement.update(turn.t_start, transcript.text.strip())
+        if not text:
+            return None
+        asr_done = self.clock()
+        speaker = None
+        if self.embedder is not None and self.attributor is not None:
+            speaker = self.attributor.peek(self.embedder.embed(turn.audio), seconds=len(turn.audio) / 16000)
+        speaker_done = self.clock()
+        result = self.tracker.preview(speaker, text)
+        timings = {"asr": 1000 * (asr_done - started), "speaker": 1000 * (speaker_done - asr_done),
+                   "features": result.timings_ms.get("text_encoder", 0.0), "graph": result.timings_ms.get("graph", 0.0),
+                   "total": 1000 * (self.clock() - started)}
+        return turn_partial_event(turn=result.index, speaker=speaker, t_start=turn.t_start, t_end=turn.t_end,
+                                  text=text, stable=stable, label=result.label, confidence=result.confidence,
+                                  probs=result.probs, timings_ms=timings)
+
     def _revisions(self, ordinal: int, turn: int) -> list[dict[str, Any]]:
         """`turn.update` bodies for the recent turns the attributor now places with another speaker."""
         assert self.attributor is not None
@@ -178,6 +227,8 @@ class Pipeline:
     paused: threading.Event = field(default_factory=threading.Event)
     """While set, turns are segmented but dropped (counted in `skipped`); audio is still read."""
     turns: int = 0
+    partials: int = 0
+    """`turn.partial` events published."""
     skipped: int = 0
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
     """What went wrong with the latest failed turns (oldest first; at most ERRORS_KEPT)."""
@@ -192,8 +243,11 @@ class Pipeline:
             for chunk in self.source:
                 if self.on_audio is not None:
                     self.on_audio(chunk.samples)
-                for segment in self.segmenter.feed(chunk):
-                    self._handle(segment)
+                for item in self.segmenter.feed(chunk):
+                    if isinstance(item, TurnInProgress):
+                        self._partial(item)
+                    else:
+                        self._handle(item)
                 if self._stop.is_set():
                     break
             for segment in self.segmenter.flush():
@@ -206,6 +260,20 @@ class Pipeline:
             self.skipped += 1
             return
         self._turn(segment)
+
+    def _partial(self, turn: TurnInProgress) -> None:
+        """A running turn's provisional result; one that fails is logged and skipped (the final
+        turn is what counts, and it reports its own failure)."""
+        if self.paused.is_set():
+            return
+        try:
+            body = self.processor.partial(turn)
+        except Exception:
+            log.exception("partial result of the turn at %.2f s failed", turn.t_start)
+            return
+        if body is not None:
+            self.partials += 1
+            self.bus.publish(body)
 
     def stop(self) -> None:
         """Ask `run` to return after the chunk in hand (safe from any thread)."""

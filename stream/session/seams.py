@@ -55,6 +55,10 @@ class SpeakerAssigner(Protocol):
         unknown. Each call is one turn."""
         ...
 
+    def peek(self, embedding: Vector | None, seconds: float | None = None) -> str | None:
+        """The label `assign` would give now, changing nothing (a turn still in progress)."""
+        ...
+
     def revise(self) -> dict[int, str]:
         """Recent turns now placed with another speaker: {turn -> label}, turns numbered by the
         order of `assign` calls since `reset`, from 0."""
@@ -96,6 +100,12 @@ class Tracker(Protocol):
 
     def track(self, speaker: str | None, text: str, extra: dict[str, npt.NDArray[Any]] | None = None) -> TurnResult:
         """Add a turn (`extra`: its audio and face vectors, when observed) and return its emotion."""
+        ...
+
+    def preview(self, speaker: str | None, text: str, extra: dict[str, npt.NDArray[Any]] | None = None
+                ) -> TurnResult:
+        """The emotion a turn still in progress would get if it ended now; changes nothing (the
+        provisional emotion of a `turn.partial`)."""
         ...
 
     def revise(self, speakers: Mapping[int, str | None]) -> list[TurnResult]:

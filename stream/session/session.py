@@ -16,6 +16,7 @@ from merc.stream.capture.vad import SileroVAD
 from merc.stream.session.options import SessionOptions
 from merc.stream.session.pipeline import Pipeline, TurnProcessor
 from merc.stream.session.seams import Audio, AudioSource, Tracker
+from merc.stream.turns.end_of_turn import Completeness, TranscriptJudge
 from merc.stream.turns.segmenter import TurnSegmenter
 from merc.stream.turns.speaker_change import VoiceChangeDetector
 from merc.stream.wire.events import EventBus
@@ -49,6 +50,8 @@ class Session:
     bus: EventBus
     options: SessionOptions = field(default_factory=SessionOptions)
     paused: threading.Event = field(default_factory=threading.Event)
+    completeness: Completeness | None = None
+    """The end-of-turn classifier (export/serve/end_of_turn.py); None: silence alone ends turns."""
 
     @property
     def tracker(self) -> Tracker:
@@ -64,7 +67,10 @@ class Session:
         embedder = self.processor.embedder
         change = (VoiceChangeDetector(embedder.embed)
                   if options.split_on_voice and embedder is not None else None)
-        segmenter = TurnSegmenter(SileroVAD(), options, voice_change=change)
+        judge = (TranscriptJudge(self.processor.transcriber, self.completeness, prompt=self.processor.prompt)
+                 if options.end_of_turn == "learned" and self.completeness is not None else None)
+        segmenter = TurnSegmenter(SileroVAD(), options, voice_change=change, end_of_turn=judge,
+                                  partials=options.partial_every > 0)
         return Pipeline(source, segmenter, self.processor, self.bus, on_audio=on_audio, paused=self.paused)
 
     def serve(self, process_request: Callable[..., Any] | None = None) -> EventServer:

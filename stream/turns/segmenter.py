@@ -12,8 +12,14 @@ seconds) and the first `change_probe` seconds after it go to `voice_change`, and
 voices differ the turn ends at the pause and the new speech opens the next turn. Without a
 `voice_change` function the segmenter uses silence alone.
 
-The segmenter is plain logic over a probability function (and the optional voice comparison): it
-holds no thread and no device, so it is fed by live capture and by replay alike.
+With an `end_of_turn` judge (stream/turns/end_of_turn.py), silence is not the only way a turn
+ends: after `eot_silence` of it the judge transcribes the turn so far and a turn that reads as a
+finished utterance ends there; one that does not waits for `min_silence`, now the hard cap. The
+decode is kept with the turn (`SpeechSegment.judgement`) when no speech followed, so the turn is
+not transcribed twice.
+
+The segmenter is plain logic over a probability function (and the optional voice comparison and
+judge): it holds no thread and no device, so it is fed by live capture and by replay alike.
 """
 from __future__ import annotations
 
@@ -26,10 +32,14 @@ import numpy as np
 
 from merc.stream.capture.audio import SAMPLE_RATE, AudioChunk
 from merc.stream.capture.vad import FRAME
+from merc.stream.turns.end_of_turn import Judgement
+from merc.stream.turns.partials import TurnInProgress
 
 VoiceChange = Callable[[np.ndarray, np.ndarray], "float | None"]
 """(speech before a pause, speech after it) -> how similar the two voices are (cosine; None:
 cannot tell)."""
+EndOfTurn = Callable[[np.ndarray], Judgement]
+"""The turn's audio so far (up to its last speech, plus the pad) -> is it a finished utterance?"""
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,30 @@ class SegmenterOptions:
     neg_threshold: float = 0.35
     """Below this a frame counts as silence inside a turn."""
     min_silence: float = 0.6
-    """Silence that ends a turn. Shorter waits cut turns at breaths; longer ones add latency."""
+    """Silence that ends a turn whatever was said (with the learned end of turn: the hard cap for
+    a turn that does not read as finished). Shorter waits cut turns at breaths; longer ones add
+    latency."""
+    end_of_turn: str = "learned"
+    """learned: after `eot_silence`, a turn whose transcript reads as a finished utterance ends
+    (stream/turns/end_of_turn.py); silence: `min_silence` alone ends turns."""
+    eot_silence: float = 0.25
+    """Silence after which the end-of-turn judge is asked (once per pause)."""
+    eot_threshold: float = 0.4
+    """P(complete) at or above which the judged turn ends (chosen on validation conversations:
+    bench/end_of_turn.py)."""
+    eot_predecode_at: float = 0.5
+    """With the judge: this far into the probe after a pause (a fraction of `change_probe`), the
+    voices are compared once, and if they already differ the speech before the pause is decoded
+    then, so a turn a new voice ends has its transcript when the change is confirmed (0: never)."""
+    eot_early_cut: bool = False
+    """With the judge: at that point of the probe, a turn whose transcript reads as finished ends
+    at the pause at once, the voices differing (False: the full probe always decides). Off by
+    default: on validation conversations it lowered boundary F1 (0.677 -> 0.662) and cut more
+    turns early (30.5 -> 34.4 %; bench/end_of_turn.py)."""
+    partial_every: float = 1.0
+    """While a turn runs, every this many seconds of it the segmenter hands on the turn so far
+    (a `TurnInProgress`, for a `turn.partial` event); 0: never. Only a segmenter built with
+    `partials=True` does (the session's)."""
     min_turn: float = 0.25
     """Speech shorter than this is dropped as a click or a cough."""
     max_turn: float = 15.0
@@ -98,6 +131,12 @@ class SpeechSegment:
     """True when the turn was cut at `max_turn` rather than ended by silence."""
     new_voice: bool = False
     """True when the turn began where the voice changed from the previous turn's (no silence)."""
+    judgement: Judgement | None = None
+    """The end-of-turn judge's verdict on exactly this audio (its transcript is the turn's), or None
+    when the judge did not see this audio (no judge, a split, the stream's end, a pause too short)."""
+    decoded_early: bool = False
+    """The judgement was decoded at a pause while the voice after it was probed (its decode time
+    overlapped the segmentation wait instead of following the silence)."""
 
     @property
     def duration(self) -> float:
@@ -124,12 +163,20 @@ class TurnSegmenter:
     """Streaming VAD segmentation of one audio stream (optionally split at changes of voice)."""
 
     def __init__(self, vad: Callable[[np.ndarray], float], options: SegmenterOptions | None = None,
-                 clock: Callable[[], float] | None = None, voice_change: VoiceChange | None = None) -> None:
+                 clock: Callable[[], float] | None = None, voice_change: VoiceChange | None = None,
+                 end_of_turn: EndOfTurn | None = None, partials: bool = False) -> None:
         import time
 
         self.vad = vad
         self.options = options or SegmenterOptions()
         self.voice_change = voice_change
+        self.end_of_turn = end_of_turn if self.options.end_of_turn == "learned" else None
+        self._partial_frames = (max(1, round(self.options.partial_every * SAMPLE_RATE / FRAME))
+                                if partials and self.options.partial_every > 0 else 0)
+        self._partial_due = self._partial_frames  # turn frames at which the next partial is handed on
+        self._judged: tuple[tuple[int, int, int], Judgement, bool] | None = None
+        """The last verdict, with the turn it was about (first frame, last speech frame, frames judged)
+        and whether it was an early decode at a pause (`_predecode`)."""
         self._clock = clock or time.monotonic
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet a whole VAD frame
         self._frames_seen = 0
@@ -158,8 +205,9 @@ class TurnSegmenter:
     def _frames(self, seconds: float) -> int:
         return max(1, round(seconds / self.frame_seconds))
 
-    def feed(self, chunk: AudioChunk) -> Iterator[SpeechSegment]:
-        """Add a chunk; yield each turn this chunk completes."""
+    def feed(self, chunk: AudioChunk) -> Iterator[SpeechSegment | TurnInProgress]:
+        """Add a chunk; yield each turn this chunk completes (and, with `partials`, each running
+        turn's audio so far every `partial_every` seconds of it)."""
         samples = np.concatenate([self._pending, chunk.samples.astype(np.float32, copy=False)])
         whole = len(samples) // FRAME * FRAME
         self._pending = samples[whole:]
@@ -171,7 +219,7 @@ class TurnSegmenter:
         if self._turn is not None:
             yield from self._end_turn()
 
-    def _frame(self, frame: np.ndarray, arrived: float) -> Iterator[SpeechSegment]:
+    def _frame(self, frame: np.ndarray, arrived: float) -> Iterator[SpeechSegment | TurnInProgress]:
         o = self.options
         index = self._frames_seen
         self._frames_seen += 1
@@ -181,6 +229,7 @@ class TurnSegmenter:
                 self._turn = [*self._preroll, frame]
                 self._turn_first = index - len(self._preroll)
                 self._turn_new_voice = False
+                self._partial_due = self._partial_frames
                 self._mark_speech(index, arrived)
                 self._dip_frames, self._last_voiced, self._last_voiced_clock = 0, index, arrived
                 self._preroll.clear()
@@ -201,20 +250,84 @@ class TurnSegmenter:
                 if self._turn is not None and last_voiced >= self._turn_first:
                     self._pause = _Pause(last_voiced, index, last_voiced_clock)
             self._mark_speech(index, arrived)
+            if self._partial_frames and self._turn is not None and len(self._turn) >= self._partial_due:
+                self._partial_due = len(self._turn) + self._partial_frames
+                yield TurnInProgress(self._turn_first * self.frame_seconds, np.concatenate(self._turn))
             if self._pause is not None:
                 self._pause.speech_after += 1
                 if self._pause.speech_after >= self._frames(o.change_probe):
                     yield from self._decide(final=False)
+                elif o.eot_predecode_at > 0 and self._pause.speech_after == self._frames(
+                        o.eot_predecode_at * o.change_probe) and self._predecode(self._pause):
+                    yield from self._decide(final=False)  # a finished utterance, then another voice
             elif self.voice_change is not None and o.change_hop > 0 and self._turn is not None:
                 yield from self._window(index, arrived)
         else:
             self._silent_frames += 1
-        if self._silent_frames * self.frame_seconds >= o.min_silence:
+        silence = self._silent_frames * self.frame_seconds
+        if self._turn is not None and self.end_of_turn is not None and o.eot_silence <= silence < o.min_silence \
+                and self._last_speech >= self._turn_first and not self._judged_now():
+            yield from self._decide(final=True)  # settle a change of voice first: the judge reads one voice
+            if self._judge() >= o.eot_threshold:
+                yield from self._end_turn()
+                return
+        if silence >= o.min_silence:
             yield from self._end_turn()
         elif self._turn is not None and len(self._turn) * self.frame_seconds >= o.max_turn:
             segment = self._close(split=True)
             if segment is not None:
                 yield segment
+
+    def _differs(self, pause: _Pause) -> bool:
+        """Whether the voice after `pause` (as far as it has been heard) differs from the one before."""
+        o = self.options
+        assert self._turn is not None and self.voice_change is not None
+        first = self._turn_first
+        before = self._turn[max(0, pause.last_speech + 1 - self._frames(o.change_context) - first):
+                            pause.last_speech + 1 - first]
+        after = self._turn[pause.resumed - first:self._last_speech + 1 - first]
+        if len(before) < self._frames(o.change_min_speech) or not after:
+            return False
+        similarity = self.voice_change(np.concatenate(before), np.concatenate(after))
+        threshold = (o.change_threshold_window if pause.window else
+                     o.change_threshold if len(before) >= self._frames(o.change_probe) else o.change_threshold_short)
+        return similarity is not None and similarity < threshold
+
+    def _cut(self, pause: _Pause) -> int:
+        """Where a change of voice at `pause` would cut (a frame index): the old turn keeps up to
+        `pad` after its last word, the new one up to `pad` before its first, and a short pause is
+        shared between them."""
+        return pause.last_speech + 1 + min(self._pad_frames, (pause.resumed - pause.last_speech - 1) // 2)
+
+    def _predecode(self, pause: _Pause) -> bool:
+        """Part-way through the probe after a pause, if the voice already seems to differ, decode the
+        speech before the pause, so its transcript is ready when the change is settled. With
+        `eot_early_cut`, a turn that reads as finished is cut now (True): a finished utterance and
+        then another voice need no more of the probe. Otherwise the full probe decides (the live
+        pipeline catches up on the decode meanwhile). One voice comparison decides whether to decode,
+        so a pause the same voice goes on after costs an embedding, not a decode."""
+        if self.end_of_turn is None or self._turn is None or pause.window or not self._differs(pause):
+            return False
+        key = (self._turn_first, pause.last_speech, self._cut(pause) - self._turn_first)
+        if self._judged is None or self._judged[0] != key:
+            self._judged = (key, self.end_of_turn(np.concatenate(self._turn[:key[2]])), True)
+        complete = self._judged[1].complete
+        return self.options.eot_early_cut and complete is not None and complete >= self.options.eot_threshold
+
+    def _judged_now(self) -> bool:
+        """Whether the judge has seen the turn as it stands (once per pause)."""
+        return self._judged is not None and self._judged[0] == (self._turn_first, self._last_speech, self._kept())
+
+    def _judge(self) -> float:
+        """Ask the judge about the turn so far; P(complete), 0 when it cannot tell."""
+        assert self.end_of_turn is not None and self._turn is not None
+        judgement = self.end_of_turn(np.concatenate(self._turn[:self._kept()]))
+        self._judged = ((self._turn_first, self._last_speech, self._kept()), judgement, False)
+        return judgement.complete if judgement.complete is not None else 0.0
+
+    def _kept(self) -> int:
+        """Frames a turn ended by silence keeps: up to its last speech frame, plus the pad."""
+        return min(len(self._turn or []), self._last_speech - self._turn_first + 1 + self._pad_frames)
 
     def _mark_speech(self, index: int, arrived: float) -> None:
         self._last_speech = index
@@ -253,26 +366,17 @@ class TurnSegmenter:
         o = self.options
         if pause.speech_after < self._frames(o.change_min_speech):
             return
+        if not self._differs(pause):
+            return
         first = self._turn_first
-        before = self._turn[max(0, pause.last_speech + 1 - self._frames(o.change_context) - first):
-                            pause.last_speech + 1 - first]
-        after = self._turn[pause.resumed - first:self._last_speech + 1 - first]
-        if len(before) < self._frames(o.change_min_speech):
-            return
-        similarity = self.voice_change(np.concatenate(before), np.concatenate(after))
-        threshold = (o.change_threshold_window if pause.window else
-                     o.change_threshold if len(before) >= self._frames(o.change_probe) else o.change_threshold_short)
-        if similarity is None or similarity >= threshold:
-            return
-        # the old turn keeps up to `pad` after its last word, the new one up to `pad` before its first,
-        # and a short pause is shared between them
-        cut = pause.last_speech + 1 + min(self._pad_frames, (pause.resumed - pause.last_speech - 1) // 2)
+        cut = self._cut(pause)
         rest = self._turn[cut - first:]
         self._turn = self._turn[:cut - first]
         last_speech, last_clock = self._last_speech, self._last_speech_clock
         self._last_speech, self._last_speech_clock = pause.last_speech, pause.speech_end_clock
         segment = self._close(split=False)
         self._turn, self._turn_first, self._turn_new_voice = rest, cut, True
+        self._partial_due = max(len(rest), self._partial_frames)
         self._last_speech, self._last_speech_clock = last_speech, last_clock
         if segment is not None:
             yield segment
@@ -280,8 +384,10 @@ class TurnSegmenter:
     def _close(self, split: bool) -> SpeechSegment | None:
         o = self.options
         frames = self._turn or []
-        keep = len(frames) if split else min(len(frames), self._last_speech - self._turn_first + 1 + self._pad_frames)
+        keep = len(frames) if split else self._kept()
         audio = np.concatenate(frames[:keep]) if keep > 0 else np.zeros(0, dtype=np.float32)
+        judged = self._judged if not split and self._judged_now() else None
+        self._judged = None
         speech = (self._last_speech - self._turn_first + 1) * self.frame_seconds
         t_start = self._turn_first * self.frame_seconds
         new_voice = self._turn_new_voice
@@ -295,6 +401,8 @@ class TurnSegmenter:
         if split:  # the next frames continue the same speech as a new turn
             self._turn = []
             self._turn_first = self._frames_seen
+            self._partial_due = self._partial_frames
         return SpeechSegment(t_start=t_start, t_end=t_start + len(audio) / SAMPLE_RATE, audio=audio,
                              speech_end_clock=self._last_speech_clock, decided_clock=self._clock(), split=split,
-                             new_voice=new_voice)
+                             new_voice=new_voice, judgement=judged[1] if judged else None,
+                             decoded_early=judged[2] if judged else False)

@@ -258,6 +258,22 @@ class SpeakerAttributor:
             self._clusters[cluster].add(vector * weight)
         return self._clusters[cluster].label
 
+    def peek(self, embedding: np.ndarray | None, seconds: float | None = None) -> str | None:
+        """The speaker a turn in progress would be given now, changing nothing (no cluster update,
+        no turn counted): the provisional speaker of a `turn.partial`. A voice that would open a
+        new speaker gets that speaker's label."""
+        if embedding is None:
+            return None
+        vector = np.asarray(embedding, dtype=np.float64).reshape(-1)
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0.0 or (self._clusters and vector.shape != self._clusters[0].total.shape):
+            return None
+        short = seconds is not None and seconds < SHORT_TURN_SECONDS
+        cluster = self._choose(vector / norm, None, short)  # without a face track, _choose records nothing
+        if cluster is None:
+            return None
+        return self._clusters[cluster].label if cluster < len(self._clusters) else f"S{cluster + 1}"
+
     def _choose(self, vector: np.ndarray, face_track: int | None, short: bool) -> int | None:
         """The cluster a turn joins (len(clusters) for a new one), or None for unknown."""
         live = [i for i, c in enumerate(self._clusters) if c.merged_into is None]

@@ -118,6 +118,11 @@ class Transcriber(Protocol):
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> Transcript: ...
 
+    def draft(self) -> Transcriber:
+        """A cheaper decoder of the same model (greedy search; with faster-whisper also the short
+        encoder window), for provisional text while a turn is spoken; final turns keep this one."""
+        ...
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -483,6 +488,10 @@ class FasterWhisperTranscriber:
         return cls(whisper, f"faster-whisper/{label}/{compute_type}/{device}", _check_beam(beam_size), window,
                    decoding)
 
+    def draft(self) -> FasterWhisperTranscriber:
+        """Greedy search on the short encoder window, sharing this model (no second copy)."""
+        return FasterWhisperTranscriber(self.model, f"{self.name}/draft", 1, "turn", self.decoding)
+
     def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         """Text of one turn (16 kHz mono float32), conditioned on ``prompt`` (text said before it)
         when given; a turn over 30 s is decoded 30 s at a time, the prompt before the first window."""
@@ -622,6 +631,14 @@ class TransformersWhisperTranscriber:
         whisper = whisper.to(device).eval()  # type: ignore[arg-type]
         return cls(whisper, processor, f"transformers/{label}/{str(torch_dtype).removeprefix('torch.')}/{device}",
                    beam_size, decoding)
+
+    def draft(self) -> TransformersWhisperTranscriber:
+        """Greedy search, sharing this model (no second copy)."""
+        import copy
+
+        draft = copy.copy(self)
+        draft.beam_size, draft.name = 1, f"{self.name}/draft"
+        return draft
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         """Text of one turn (16 kHz mono float32), conditioned on ``prompt`` (text said before it)

@@ -3,6 +3,9 @@
     hello   first event on every connection: protocol version, session, model, labels
     turn    the final result of one turn: speaker, times, text, label, probabilities, modalities
             used, per-stage timings
+    turn.partial  a provisional result while a turn is still spoken (about once a second): text so
+            far (`stable`: the part successive decodes agreed on), provisional speaker and emotion;
+            the final `turn` with the same number replaces it
     turn.update  a correction of a turn already sent: its new speaker, label, confidence and
             probabilities (`reason`: "speaker", the speaker was revised); never a new turn
     status  devices and modality availability changed (microphone, camera, face in view)
@@ -33,12 +36,13 @@ from merc.stream.wire.messages import (
     UPDATE_FIELDS,
     Event,
     Turn,
+    TurnPartial,
     TurnUpdate,
     stamp,
 )
 
 __all__ = ["EVENT_TYPES", "PROTOCOL_VERSION", "EventBus", "RevisedTurn", "apply_update", "schema", "turn_event",
-           "turn_update_event", "turn_update_events"]
+           "turn_partial_event", "turn_update_event", "turn_update_events"]
 
 Subscriber = Callable[[dict[str, Any]], None]
 
@@ -64,6 +68,14 @@ def turn_event(*, turn: int, speaker: str | None, t_start: float, t_end: float, 
     return Turn.of(turn=turn, speaker=speaker, t_start=t_start, t_end=t_end, text=text, label=label,
                    confidence=confidence, probs=probs, modalities=modalities, available=available,
                    timings_ms=timings_ms, speech_end=speech_end).body()
+
+
+def turn_partial_event(*, turn: int, speaker: str | None, t_start: float, t_end: float, text: str, stable: str,
+                       label: str, confidence: float, probs: Mapping[str, float],
+                       timings_ms: Mapping[str, float]) -> dict[str, Any]:
+    """The body of a `turn.partial` event: the provisional result of turn `turn`, still in progress."""
+    return TurnPartial.of(turn=turn, speaker=speaker, t_start=t_start, t_end=t_end, text=text, stable=stable,
+                          label=label, confidence=confidence, probs=probs, timings_ms=timings_ms).body()
 
 
 def turn_update_event(*, turn: int, speaker: str | None, label: str, confidence: float,

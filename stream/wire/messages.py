@@ -3,6 +3,7 @@
 Server events (what `events.schema.json` describes; a test holds the two together):
     Hello   first event on every connection: the session's labels, model and modalities
     Turn    the final result of one turn
+    TurnPartial a provisional result of the turn still being spoken (replaced by its `turn`)
     TurnUpdate  a correction of a turn already sent (its speaker was revised, so its emotion too)
     Status  devices and modality availability changed
     Error   a stable `code` and a fixed `message` from `ERRORS`; never exception text, which may
@@ -24,18 +25,20 @@ from typing import Any, ClassVar, Final
 __all__ = [
     "CONTROL_ACTIONS", "ENVELOPE_KEYS", "ERRORS", "EVENT_TYPES", "PROTOCOL", "PROTOCOL_MINOR", "PROTOCOL_VERSION",
     "SERVER_EVENTS", "UPDATE_FIELDS", "UPDATE_REASONS", "ClientMessage", "Control", "ControlHandler", "Error",
-    "Event", "Hello", "Invalid", "Ping", "Pong", "Resume", "ServerEvent", "Status", "Turn", "TurnUpdate", "error",
+    "Event", "Hello", "Invalid", "Ping", "Pong", "Resume", "ServerEvent", "Status", "Turn", "TurnPartial",
+    "TurnUpdate", "error",
     "major_version", "stamp",
 ]
 
 PROTOCOL_VERSION: Final = 1
 """The major version, every event's `v`: a client refuses events whose `v` it does not know
 (additions keep it)."""
-PROTOCOL_MINOR: Final = 1
+PROTOCOL_MINOR: Final = 2
 """The minor version, bumped by backward-compatible additions (clients ignore event types they do
-not know). 1.0: hello, turn, status, error, pong. 1.1: turn.update, and the hello's `protocol`."""
+not know). 1.0: hello, turn, status, error, pong. 1.1: turn.update, and the hello's `protocol`.
+1.2: turn.partial."""
 PROTOCOL: Final = f"{PROTOCOL_VERSION}.{PROTOCOL_MINOR}"
-"""The full version, announced in the hello's `protocol` ("1.1")."""
+"""The full version, announced in the hello's `protocol` ("1.2")."""
 
 CONTROL_ACTIONS: Final = ("reset", "pause", "resume")
 ENVELOPE_KEYS: Final = frozenset({"v", "seq", "session", "sent", "direct"})
@@ -193,6 +196,37 @@ class TurnUpdate(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TurnPartial(Event):
+    """A provisional result for the turn still being spoken (build it with `TurnPartial.of`): about
+    once a second while the turn runs, its text so far, provisional speaker and emotion. The final
+    `turn` with the same number replaces it; a later partial replaces an earlier one. `stable` is
+    the prefix of `text` that successive decodes agreed on (it only grows within a turn); the rest
+    may still change. Never scored: merc-eval reads `turn` events only."""
+
+    TYPE: ClassVar[str] = "turn.partial"
+    turn: int
+    speaker: str | None
+    t_start: float
+    t_end: float
+    text: str
+    stable: str
+    label: str
+    confidence: float
+    probs: Mapping[str, float]
+    timings_ms: Mapping[str, float]
+
+    @classmethod
+    def of(cls, *, turn: int, speaker: str | None, t_start: float, t_end: float, text: str, stable: str,
+           label: str, confidence: float, probs: Mapping[str, float], timings_ms: Mapping[str, float]
+           ) -> TurnPartial:
+        """Rounded as `Turn.of` rounds."""
+        return cls(turn=turn, speaker=speaker, t_start=round(t_start, 3), t_end=round(t_end, 3), text=text,
+                   stable=stable, label=label, confidence=round(confidence, 4),
+                   probs={k: round(v, 4) for k, v in probs.items()},
+                   timings_ms={k: round(v, 1) for k, v in timings_ms.items()})
+
+
+@dataclass(frozen=True, slots=True)
 class Status(Event):
     """Devices changed: microphone, camera, face -> available (None: unknown)."""
 
@@ -218,7 +252,7 @@ class Pong(Event):
 
 
 ServerEvent = Hello | Turn | TurnUpdate | Status | Error | Pong
-SERVER_EVENTS: Final[tuple[type[Event], ...]] = (Hello, Turn, TurnUpdate, Status, Error, Pong)
+SERVER_EVENTS: Final[tuple[type[Event], ...]] = (Hello, Turn, TurnUpdate, TurnPartial, Status, Error, Pong)
 EVENT_TYPES: Final = tuple(kind.TYPE for kind in SERVER_EVENTS)
 
 
