@@ -34,7 +34,7 @@ from merc.stream.capture.audio import SAMPLE_RATE, AudioChunk
 from merc.stream.capture.vad import FRAME, SileroVAD
 from merc.stream.recordings.diarization import boundary_scores, pooled_boundaries
 from merc.stream.recordings.recording import open_recording, read_gold
-from merc.stream.turns.segmenter import SegmenterOptions, TurnSegmenter
+from merc.stream.turns.segmenter import EndOfTurn, SegmenterOptions, TurnSegmenter
 from merc.stream.turns.speaker_change import VoiceChangeDetector
 from merc.stream.turns.voice_profiles import PROFILES, load_voice_embedder
 
@@ -88,9 +88,9 @@ def vad_probabilities(audio: np.ndarray) -> list[float]:
     return out
 
 
-def segment(audio: np.ndarray, vad: list[float], change: VoiceChangeDetector,
-            options: SegmenterOptions) -> list[dict[str, float]]:
-    segmenter = TurnSegmenter(RecordedVAD(vad), options, voice_change=change)
+def segment(audio: np.ndarray, vad: list[float], change: VoiceChangeDetector, options: SegmenterOptions,
+            end_of_turn: EndOfTurn | None = None) -> list[dict[str, float]]:
+    segmenter = TurnSegmenter(RecordedVAD(vad), options, voice_change=change, end_of_turn=end_of_turn)
     turns = []
     for i in range(0, len(audio), CHUNK):
         turns += list(segmenter.feed(AudioChunk(i / SAMPLE_RATE, audio[i:i + CHUNK], 0.0)))
@@ -99,11 +99,12 @@ def segment(audio: np.ndarray, vad: list[float], change: VoiceChangeDetector,
 
 
 def score(data: list[tuple[Path, np.ndarray, list[float], list[dict[str, Any]]]], memo: Memo,
-          options: SegmenterOptions) -> dict[str, Any]:
-    """Predicted turns and pooled boundary precision/recall/F1 of the segmenter with `options`."""
+          options: SegmenterOptions, end_of_turn: EndOfTurn | None = None) -> dict[str, Any]:
+    """Predicted turns and pooled boundary precision/recall/F1 (with early cuts and merges) of the
+    segmenter with `options` (and the end-of-turn judge, when given)."""
     scores, predicted = [], 0
     for _, audio, vad, gold in data:
-        turns = segment(audio, vad, VoiceChangeDetector(memo), options)
+        turns = segment(audio, vad, VoiceChangeDetector(memo), options, end_of_turn)
         predicted += len(turns)
         scores.append(boundary_scores(gold, turns, tolerance=0.5))
     return {"predicted_turns": predicted, **{k: round(v, 4) if v is not None else None

@@ -27,22 +27,19 @@ import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import soundfile as sf
 import torch
-from change_thresholds import CHUNK, Memo, RecordedVAD, vad_probabilities
+from change_thresholds import Memo, score, vad_probabilities
 from tqdm import tqdm
 
 from merc.export.build.end_of_turn import ensure_end_of_turn
 from merc.export.serve.end_of_turn import CompletenessModel
-from merc.stream.capture.audio import SAMPLE_RATE, AudioChunk
-from merc.stream.recordings.diarization import boundary_scores, pooled_boundaries
+from merc.stream.capture.audio import SAMPLE_RATE
 from merc.stream.recordings.recording import open_recording, read_gold
 from merc.stream.turns.end_of_turn import TranscriptJudge
-from merc.stream.turns.segmenter import SegmenterOptions, TurnSegmenter
-from merc.stream.turns.speaker_change import VoiceChangeDetector
+from merc.stream.turns.segmenter import SegmenterOptions
 from merc.stream.turns.transcribe import FasterWhisperTranscriber, Transcript
 from merc.stream.turns.voice_profiles import PROFILES, load_voice_embedder
 
@@ -67,27 +64,6 @@ class MemoTranscriber:
         return self.cache[key]
 
 
-def run(audio: np.ndarray, vad: list[float], change: VoiceChangeDetector, judge: TranscriptJudge | None,
-        options: SegmenterOptions) -> list[dict[str, Any]]:
-    segmenter = TurnSegmenter(RecordedVAD(vad), options, voice_change=change, end_of_turn=judge)
-    turns = []
-    for i in range(0, len(audio), CHUNK):
-        turns += list(segmenter.feed(AudioChunk(i / SAMPLE_RATE, audio[i:i + CHUNK], 0.0)))
-    turns += list(segmenter.flush())
-    return [{"t_start": t.t_start, "t_end": t.t_end, "speaker": "?"} for t in turns]
-
-
-def score(data: list[tuple[Path, np.ndarray, list[float], list[dict[str, Any]]]], memo: Memo,
-          judge: TranscriptJudge | None, options: SegmenterOptions) -> dict[str, Any]:
-    scores, predicted = [], 0
-    for _, audio, vad, gold in data:
-        turns = run(audio, vad, VoiceChangeDetector(memo), judge, options)
-        predicted += len(turns)
-        scores.append(boundary_scores(gold, turns, tolerance=0.5))
-    return {"predicted_turns": predicted, **{k: round(v, 4) if v is not None else None
-                                             for k, v in pooled_boundaries(scores).items()}}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recordings", type=Path, nargs="+", help="folders of merc-synth recordings")
@@ -97,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=float, nargs="+", default=list(CAP), help="min_silence values")
     parser.add_argument("--predecode-at", type=float, nargs="+", default=[SegmenterOptions.eot_predecode_at],
                         help="SegmenterOptions.eot_predecode_at values (0: no early decode)")
-    parser.add_argument("--early-cut", choices=("on", "off", "both"), default="on",
+    parser.add_argument("--early-cut", choices=("on", "off", "both"), default="off",
                         help="SegmenterOptions.eot_early_cut")
     parser.add_argument("--silence-only", type=float, nargs="*", default=list(SILENCE_ONLY),
                         help="min_silence values of the fixed wait to score beside")
@@ -118,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for silence in tqdm(args.silence_only, desc="silence alone", file=sys.stderr):
         options = replace(base, end_of_turn="silence", min_silence=silence)
-        rows.append({"end_of_turn": "silence", "min_silence": silence, **score(data, memo, None, options)})
+        rows.append({"end_of_turn": "silence", "min_silence": silence, **score(data, memo, options)})
     early = {"on": (True,), "off": (False,), "both": (True, False)}[args.early_cut]
     grid = list(itertools.product(args.eot_silence, args.eot_threshold, args.cap, args.predecode_at, early))
     for eot_silence, threshold, cap, predecode_at, early_cut in tqdm(grid, desc="learned", file=sys.stderr):
@@ -126,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                           eot_predecode_at=predecode_at, eot_early_cut=early_cut)
         rows.append({"end_of_turn": "learned", "eot_silence": eot_silence, "eot_threshold": threshold,
                      "min_silence": cap, "predecode_at": predecode_at, "early_cut": early_cut,
-                     **score(data, memo, judge, options)})
+                     **score(data, memo, options, judge)})
     learned = [r for r in rows if r["end_of_turn"] == "learned"]
     result = {"bench": "end_of_turn", "command": "python bench/end_of_turn.py "
               + " ".join(str(p) for p in args.recordings), "embedder": args.embedder, "recordings": len(recordings),

@@ -115,6 +115,22 @@ def test_the_command_scores_transcripts_and_explains_itself():
 # ---------------------------------------------------------------- the segmenter asks it
 
 
+class Counting:
+    """Whisper, recording the length of every stretch of audio it is asked to decode."""
+
+    def __init__(self, transcriber: FasterWhisperTranscriber) -> None:
+        self.transcriber = transcriber
+        self.name = transcriber.name
+        self.calls: list[int] = []
+
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None):
+        self.calls.append(len(audio))
+        return self.transcriber.transcribe(audio, prompt)
+
+    def draft(self):
+        return self.transcriber.draft()
+
+
 def segment(audio: np.ndarray, judge: TranscriptJudge | None, options: SegmenterOptions | None = None):
     seg = TurnSegmenter(SileroVAD(), options, end_of_turn=judge)
     out = []
@@ -151,22 +167,15 @@ def test_a_sentence_cut_off_by_a_pause_waits(transcriber, completeness):
 
 
 def test_the_judge_is_asked_once_per_pause_and_not_at_all_without_speech(transcriber, completeness):
-    calls: list[int] = []
-
-    class Counting:
-        name = transcriber.name
-
-        def transcribe(self, audio: np.ndarray, prompt: str | None = None):
-            calls.append(len(audio))
-            return transcriber.transcribe(audio, prompt)
-
+    counting = Counting(transcriber)
+    calls = counting.calls
     audio = np.concatenate([silence(0.3), say("The thing is", **VOICE), silence(0.5),
                             say("we cannot afford it.", **VOICE), silence(1.5)])
-    turns = segment(audio, TranscriptJudge(Counting(), completeness), SegmenterOptions(eot_predecode_at=0))
+    turns = segment(audio, TranscriptJudge(counting, completeness), SegmenterOptions(eot_predecode_at=0))
     assert len(calls) == 2  # one per pause; the last one's decode is the turn's
     assert len(turns) == 1 and len(turns[0].audio) == calls[-1]
     calls.clear()
-    assert segment(silence(2.0), TranscriptJudge(Counting(), completeness)) == [] and calls == []
+    assert segment(silence(2.0), TranscriptJudge(counting, completeness)) == [] and calls == []
 
 
 def test_a_turn_a_new_voice_ends_was_decoded_while_the_voice_was_probed(transcriber, completeness):
@@ -176,17 +185,10 @@ def test_a_turn_a_new_voice_ends_was_decoded_while_the_voice_was_probed(transcri
     a = say("Did you remember to buy the tickets for tonight?", "en-us+m3", pitch=40, speed=150)
     b = say("Of course I did, they are on the kitchen table.", "en-us+f2", pitch=65, speed=140)
     audio = np.concatenate([silence(0.5), a, silence(0.2), b, silence(1.0)])  # a gap shorter than eot_silence
-    calls: list[int] = []
-
-    class Counting:
-        name = transcriber.name
-
-        def transcribe(self, audio: np.ndarray, prompt: str | None = None):
-            calls.append(len(audio))
-            return transcriber.transcribe(audio, prompt)
-
+    counting = Counting(transcriber)
+    calls = counting.calls
     seg = TurnSegmenter(SileroVAD(), None, voice_change=VoiceChangeDetector(SpeakerEmbedder().embed),
-                        end_of_turn=TranscriptJudge(Counting(), completeness))
+                        end_of_turn=TranscriptJudge(counting, completeness))
     turns = []
     for i in range(0, len(audio), 1600):
         turns += list(seg.feed(AudioChunk(i / 16000, audio[i:i + 1600], time.monotonic())))
