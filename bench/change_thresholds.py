@@ -98,6 +98,17 @@ def segment(audio: np.ndarray, vad: list[float], change: VoiceChangeDetector, op
     return [{"t_start": t.t_start, "t_end": t.t_end, "speaker": "?"} for t in turns]
 
 
+def load_recordings(folders: list[Path]) -> list[tuple[Path, np.ndarray, list[float], list[dict[str, Any]]]]:
+    """Every recording with gold turns in `folders`: (directory, audio, VAD probabilities, gold)."""
+    recordings = [r for folder in folders for r in sorted(folder.iterdir()) if (r / "gold.jsonl").is_file()]
+    data = []
+    for recording in tqdm(recordings, desc="VAD", file=sys.stderr):
+        audio, rate = sf.read(recording / "audio.wav", dtype="float32")
+        assert rate == SAMPLE_RATE, recording
+        data.append((recording, audio, vad_probabilities(audio), read_gold(open_recording(recording))))
+    return data
+
+
 def score(data: list[tuple[Path, np.ndarray, list[float], list[dict[str, Any]]]], memo: Memo,
           options: SegmenterOptions, end_of_turn: EndOfTurn | None = None) -> dict[str, Any]:
     """Predicted turns and pooled boundary precision/recall/F1 (with early cuts and merges) of the
@@ -123,12 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     assert FRAME == 512
-    recordings = [r for folder in args.recordings for r in sorted(folder.iterdir()) if (r / "gold.jsonl").is_file()]
-    data = []
-    for recording in tqdm(recordings, desc="VAD", file=sys.stderr):
-        audio, rate = sf.read(recording / "audio.wav", dtype="float32")
-        assert rate == SAMPLE_RATE, recording
-        data.append((recording, audio, vad_probabilities(audio), read_gold(open_recording(recording))))
+    data = load_recordings(args.recordings)
+    recordings = [recording for recording, *_ in data]
     result: dict[str, Any] = {"bench": "change_thresholds", "command": "python bench/change_thresholds.py "
                               + " ".join(str(p) for p in args.recordings), "recordings": len(recordings),
                               "gold_turns": sum(len(g) for *_, g in data), "tolerance_s": 0.5, "probe_s": args.probe,

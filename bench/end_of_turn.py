@@ -29,15 +29,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-from change_thresholds import Memo, score, vad_probabilities
+from change_thresholds import Memo, load_recordings, score
 from tqdm import tqdm
 
 from merc.export.build.end_of_turn import ensure_end_of_turn
 from merc.export.serve.end_of_turn import CompletenessModel
-from merc.stream.capture.audio import SAMPLE_RATE
-from merc.stream.recordings.recording import open_recording, read_gold
 from merc.stream.turns.end_of_turn import TranscriptJudge
 from merc.stream.turns.segmenter import SegmenterOptions
 from merc.stream.turns.transcribe import FasterWhisperTranscriber, Transcript
@@ -79,12 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="min_silence values of the fixed wait to score beside")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    recordings = [r for folder in args.recordings for r in sorted(folder.iterdir()) if (r / "gold.jsonl").is_file()]
-    data = []
-    for recording in tqdm(recordings, desc="VAD", file=sys.stderr):
-        audio, rate = sf.read(recording / "audio.wav", dtype="float32")
-        assert rate == SAMPLE_RATE, recording
-        data.append((recording, audio, vad_probabilities(audio), read_gold(open_recording(recording))))
+    data = load_recordings(args.recordings)
+    recordings = [recording for recording, *_ in data]
     profile = PROFILES[args.embedder]
     memo = Memo(load_voice_embedder(args.embedder).embed)
     asr = MemoTranscriber(FasterWhisperTranscriber.load())
