@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -266,8 +265,8 @@ def speaker_options(args: argparse.Namespace) -> SpeakerOptions:
 def segmenter_options(args: argparse.Namespace) -> SegmenterOptions:
     """The voice-change thresholds are the encoder's (--change-threshold overrides the pause one)."""
     partials = args.partials
-    if partials is None:  # nobody watches a replay at full speed
-        partials = 0.0 if math.isinf(getattr(args, "speed", None) or 1.0) else SegmenterOptions.partial_every
+    if partials is None:  # merc-live is real time; merc-replay has --speed
+        partials = SegmenterOptions.partials_at(getattr(args, "speed", 1.0))
     base = SegmenterOptions(min_silence=args.min_silence, max_turn=args.max_turn, min_turn=args.min_turn,
                             split_on_voice=args.voice_split, end_of_turn=args.end_of_turn,
                             eot_silence=args.eot_silence, eot_threshold=args.eot_threshold,

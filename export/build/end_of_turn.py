@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from merc.export.build.onnx_export import DEFAULT_OPSET, ExportError, _onnx_export, save_tokenizer
+from merc.export.build.onnx_export import DEFAULT_OPSET, ExportError, _onnx_export, eager_attention, save_tokenizer
 from merc.export.serve.end_of_turn import (
     GRAPH_FILE,
     INPUTS,
@@ -49,17 +49,11 @@ def ensure_end_of_turn(head_dir: Path | None = None, cache: Path | None = None) 
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    config = encoder.model.config
-    previous = getattr(config, "_attn_implementation", None)
-    config._attn_implementation = "eager"  # plain MatMul/Softmax attention, exported by every opset
-    try:
+    with eager_attention(encoder.model), torch.inference_mode():
         batch = encoder.tokenizer(list(PARITY_TEXTS[:2]), padding=True, return_tensors="pt")
         axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {OUTPUT: {0: "batch"}}
-        with torch.inference_mode():
-            _onnx_export(net, (batch["input_ids"], batch["attention_mask"]), tmp / GRAPH_FILE, INPUTS, (OUTPUT,),
-                         axes, DEFAULT_OPSET)
-    finally:
-        config._attn_implementation = previous
+        _onnx_export(net, (batch["input_ids"], batch["attention_mask"]), tmp / GRAPH_FILE, INPUTS, (OUTPUT,), axes,
+                     DEFAULT_OPSET)
     save_tokenizer(encoder, tmp / TOKENIZER_FILE)
     manifest = {"format": "merc-end-of-turn", "encoder": spec["encoder"], "max_tokens": MAX_TOKENS,
                 "files": {name: sha256_file(tmp / name) for name in (GRAPH_FILE, TOKENIZER_FILE)}}

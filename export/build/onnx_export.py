@@ -21,8 +21,10 @@ import json
 import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,22 +106,27 @@ def export_dag_step(model: TrainedModel, path: Path, opset: int = DEFAULT_OPSET)
         _onnx_export(step, step.example_inputs(), path, INPUT_NAMES, OUTPUT_NAMES, None, opset)
 
 
+@contextlib.contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """Plain MatMul/Softmax attention while exporting (every opset has it), the model's own after."""
+    config = model.config
+    previous = getattr(config, "_attn_implementation", None)
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
 def export_text_encoder(encoder: TextEncoder, path: Path, opset: int = DEFAULT_OPSET) -> None:
     """The encoder and pooling, with dynamic batch and sequence axes."""
-    config = encoder.model.config
-    previous = getattr(config, "_attn_implementation", None)
-    config._attn_implementation = "eager"  # plain MatMul/Softmax attention, exported by every opset
-    try:
+    with eager_attention(encoder.model), torch.inference_mode():
         example = encoder.tokenize([("An example turn, long enough to pad the other one.", "a previous turn"),
                                     ("Short.", "context")])
         args = tuple(example[name].cpu() for name in ENCODER_INPUTS)
         axes = {name: {0: "batch", 1: "sequence"} for name in ENCODER_INPUTS}
         axes[ENCODER_OUTPUT] = {0: "batch"}
-        with torch.inference_mode():
-            _onnx_export(PooledEncoder(encoder).cpu().eval(), args, path, ENCODER_INPUTS, (ENCODER_OUTPUT,), axes,
-                         opset)
-    finally:
-        config._attn_implementation = previous
+        _onnx_export(PooledEncoder(encoder).cpu().eval(), args, path, ENCODER_INPUTS, (ENCODER_OUTPUT,), axes, opset)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:

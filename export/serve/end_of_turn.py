@@ -16,7 +16,7 @@ import numpy as np
 from merc.export.serve.runtime import open_session
 from merc.models.data.utterance_ends import completeness_text
 from merc.models.errors import MercError
-from merc.models.paths import cache_dir, sha256_file
+from merc.models.paths import cache_dir, contained_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,12 @@ def verify_export(directory: Path) -> dict:
         files = manifest["files"]
     except (OSError, ValueError, KeyError) as err:
         raise EndOfTurnExportError(f"{manifest_path}: unreadable end-of-turn manifest ({err})") from err
+    if not isinstance(files, dict):
+        raise EndOfTurnExportError(f"{manifest_path}: 'files' must map file names to checksums")
     for name, expected in files.items():
-        path = directory / name
+        path = contained_file(directory, name)  # a manifest never makes us read outside its folder
+        if path is None:
+            raise EndOfTurnExportError(f"{manifest_path}: {name!r} is not a file name inside {directory}")
         if not path.is_file() or sha256_file(path) != expected:
             raise EndOfTurnExportError(f"{path}: missing, or its checksum differs from {manifest_path}")
     return manifest
@@ -81,10 +85,11 @@ def cached_export(head_dir: Path, cache: Path | None = None) -> Path | None:
 class CompletenessModel:
     """`model(text) -> P(complete)`: is this transcript a finished utterance?"""
 
-    def __init__(self, directory: Path, device: str = "cpu", threads: int | None = 1) -> None:
+    def __init__(self, directory: Path, device: str = "cpu", threads: int | None = 1, verify: bool = True) -> None:
+        """`verify`: check every file's sha256 first (False when the caller just did: `cached_export`)."""
         from tokenizers import Tokenizer
 
-        manifest = verify_export(directory)
+        manifest = verify_export(directory) if verify else json.loads((directory / MANIFEST_FILE).read_text())
         self.max_tokens = int(manifest["max_tokens"])
         self.session = open_session(directory / GRAPH_FILE, device, threads)
         try:

@@ -58,11 +58,8 @@ class DialogueTracker:
         """Add a turn (speaker may be None when unknown) and return its emotion. `extra` (audio and
         face vectors) is accepted for the serving tracker's interface and ignored: this one reads text."""
         started = time.perf_counter()
-        has_text = bool(text.strip())
-        vector = (self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text, speaker)]))[0]
-                  if has_text else None)
+        features = self._features(speaker, text)
         encoded = time.perf_counter()
-        features = {"text": vector} if vector is not None else {}
         before = self._state
         probs, self._state = self._step(before, features, self._so_far.speaker_id(speaker))
         done = time.perf_counter()
@@ -75,8 +72,7 @@ class DialogueTracker:
     def preview(self, speaker: str | None, text: str, extra: dict[str, np.ndarray] | None = None) -> TurnResult:
         """The emotion the next turn would get if it ended now, committing nothing (`_step` is pure)."""
         started = time.perf_counter()
-        features = ({"text": self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text, speaker)]))[0]}
-                    if text.strip() else {})
+        features = self._features(speaker, text)
         encoded = time.perf_counter()
         probs, _ = self._step(self._state, features, self._so_far.peek_speaker_id(speaker))
         done = time.perf_counter()
@@ -93,6 +89,12 @@ class DialogueTracker:
         if state is not None:
             self._state = state
         return revised
+
+    def _features(self, speaker: str | None, text: str) -> dict[str, Any]:
+        """The turn's text vector in context (none for a turn without words)."""
+        if not text.strip():
+            return {}
+        return {"text": self.encoder(self.encoder.tokenize([self._so_far.encoder_input(text, speaker)]))[0]}
 
     def _step(self, state: DAGState, features: dict[str, Any], speaker: int) -> tuple[list[float], DAGState]:
         """One DAG step from `state`, without touching the tracker's own."""

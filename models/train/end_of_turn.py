@@ -25,6 +25,7 @@ from merc.models.data.corpora import load_corpus
 from merc.models.data.utterance_ends import UtteranceEnd, utterance_ends
 from merc.models.features.end_of_turn import ENCODER_DIR, MAX_TOKENS, CompletenessHead, pooled_states, save_head
 from merc.models.features.text_encoder import MINILM_ID, TextEncoder
+from merc.models.train.reports import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -243,30 +244,10 @@ def train_end_of_turn(data_dir: Path, out_dir: Path, cfg: EndOfTurnConfig | None
         "test_sd": {k: statistics.pstdev(r["test"][k] for r in runs) for k in ("accuracy", "auc")},
     }
     save_head(chosen["head"], out_dir, report)
-    _plot(chosen["history"], out_dir / "curves.png")
+    plot_curves(chosen["history"], out_dir / "curves.png", "end-of-turn classifier: complete utterance or cut short",
+                valid_loss="valid_log_loss", loss_name="log loss", metric="valid_auc", metric_name="AUC", scale=1.0)
     return report
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:
     return int(min(history, key=lambda h: h["valid_log_loss"])["epoch"])
-
-
-def _plot(history: list[dict[str, float]], path: Path) -> None:
-    """Training loss and validation AUC per epoch of the shipped seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [h["train_loss"] for h in history], label="train")
-    left.plot(epochs, [h["valid_log_loss"] for h in history], label="validation")
-    left.set(xlabel="epoch", ylabel="log loss", title="loss")
-    left.legend()
-    right.plot(epochs, [h["valid_auc"] for h in history])
-    right.set(xlabel="epoch", ylabel="AUC", title="validation AUC")
-    fig.suptitle("end-of-turn classifier: complete utterance or cut short")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -55,16 +55,19 @@ def plot_confusion(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: Sequence[dict], path: Path, title: str) -> None:
-    """Training loss and validation weighted F1 per epoch."""
+def plot_curves(history: Sequence[dict], path: Path, title: str, valid_loss: str = "valid_loss",
+                loss_name: str = "cross-entropy", metric: str = "valid_weighted_f1",
+                metric_name: str = "weighted F1 (%)", scale: float = 100.0) -> None:
+    """Training and validation loss, and a validation metric, per epoch (by default: weighted F1
+    of an emotion model; the end-of-turn classifier plots its log loss and AUC)."""
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
-    left.plot(epochs, [h["valid_loss"] for h in history], marker="o", label="valid")
-    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    left.plot(epochs, [h[valid_loss] for h in history], marker="o", label="valid")
+    left.set(xlabel="epoch", ylabel=loss_name, title="loss")
     left.legend()
-    right.plot(epochs, [100 * h["valid_weighted_f1"] for h in history], marker="o", color="tab:green")
-    right.set(xlabel="epoch", ylabel="weighted F1 (%)", title="validation weighted F1")
+    right.plot(epochs, [scale * h[metric] for h in history], marker="o", color="tab:green")
+    right.set(xlabel="epoch", ylabel=metric_name, title=f"validation {metric_name}")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

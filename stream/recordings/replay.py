@@ -54,8 +54,8 @@ def replay_recording(recording: Recording, processor: TurnProcessor, bus: EventB
     Without `segmenter`, the default segmenter with the change thresholds of the processor's voice
     encoder (as the commands build it; `turn.partial` events only at a finite speed). Without
     `completeness` (the end-of-turn classifier), silence alone ends turns."""
-    if segmenter is None:  # as merc-replay: provisional results only when someone could watch
-        segmenter = SegmenterOptions(partial_every=SegmenterOptions.partial_every if speed else 0.0)
+    if segmenter is None:  # as merc-replay
+        segmenter = SegmenterOptions(partial_every=SegmenterOptions.partials_at(speed))
         profile = getattr(processor.embedder, "voice_profile", None)
         if profile is not None:
             segmenter = voice_profile(profile).segmenter_options(segmenter)

@@ -134,7 +134,7 @@ def load_completeness(options: SessionOptions, exported: Path | None) -> Complet
                                    "exports it); or use --end-of-turn silence")
     from merc.export.serve.end_of_turn import CompletenessModel
 
-    return CompletenessModel(exported)
+    return CompletenessModel(exported, verify=False)  # the command's cached_export or export just checked it
 
 
 def _acoustic_featurizer(tracker: Tracker, transcriber: Transcriber, asr: AsrOptions) -> Featurizer | None:

@@ -188,7 +188,7 @@ class TurnProcessor:
         asr_done = self.clock()
         speaker = None
         if self.embedder is not None and self.attributor is not None:
-            speaker = self.attributor.peek(self.embedder.embed(turn.audio), seconds=len(turn.audio) / 16000)
+            speaker = self.attributor.peek(self.embedder.embed(turn.audio), seconds=turn.duration)
         speaker_done = self.clock()
         result = self.tracker.preview(speaker, text)
         timings = {"asr": 1000 * (asr_done - started), "speaker": 1000 * (speaker_done - asr_done),
@@ -227,8 +227,6 @@ class Pipeline:
     paused: threading.Event = field(default_factory=threading.Event)
     """While set, turns are segmented but dropped (counted in `skipped`); audio is still read."""
     turns: int = 0
-    partials: int = 0
-    """`turn.partial` events published."""
     skipped: int = 0
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
     """What went wrong with the latest failed turns (oldest first; at most ERRORS_KEPT)."""
@@ -272,7 +270,6 @@ class Pipeline:
             log.exception("partial result of the turn at %.2f s failed", turn.t_start)
             return
         if body is not None:
-            self.partials += 1
             self.bus.publish(body)
 
     def stop(self) -> None:

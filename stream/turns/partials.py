@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from merc.models.data.asr_text import lower_nopunct
+from merc.stream.capture.audio import SAMPLE_RATE
+
 
 @dataclass(frozen=True)
 class TurnInProgress:
@@ -25,8 +28,12 @@ class TurnInProgress:
     audio: np.ndarray
 
     @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    @property
     def t_end(self) -> float:
-        return self.t_start + len(self.audio) / 16000
+        return self.t_start + self.duration
 
 
 @dataclass
@@ -59,4 +66,4 @@ class LocalAgreement:
 
 
 def _key(word: str) -> str:
-    return "".join(c for c in word.lower() if c.isalnum() or c == "'")
+    return lower_nopunct(word)

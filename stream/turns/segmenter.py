@@ -23,6 +23,7 @@ judge): it holds no thread and no device, so it is fed by live capture and by re
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -112,6 +113,12 @@ class SegmenterOptions:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (every field is seconds or a probability)."""
         return asdict(self)
+
+    @staticmethod
+    def partials_at(speed: float | None) -> float:
+        """The default `partial_every` for audio fed at `speed` x real time (None or infinite: as
+        fast as it can be processed): provisional results only where someone could watch them."""
+        return SegmenterOptions.partial_every if speed is not None and math.isfinite(speed) else 0.0
 
 
 @dataclass(frozen=True)

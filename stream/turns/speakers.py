@@ -264,12 +264,11 @@ class SpeakerAttributor:
         new speaker gets that speaker's label."""
         if embedding is None:
             return None
-        vector = np.asarray(embedding, dtype=np.float64).reshape(-1)
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(norm) or norm == 0.0 or (self._clusters and vector.shape != self._clusters[0].total.shape):
+        vector = unit_vector(np.asarray(embedding, dtype=np.float64).reshape(-1))
+        if vector is None or (self._clusters and vector.shape != self._clusters[0].total.shape):
             return None
         short = seconds is not None and seconds < SHORT_TURN_SECONDS
-        cluster = self._choose(vector / norm, None, short)  # without a face track, _choose records nothing
+        cluster = self._choose(vector, None, short)  # without a face track, _choose records nothing
         if cluster is None:
             return None
         return self._clusters[cluster].label if cluster < len(self._clusters) else f"S{cluster + 1}"
