@@ -131,11 +131,13 @@ def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--precision and --threads apply to the onnx engine only")
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse, check the model options, and make merc's logs say what is happening (INFO)."""
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
+                    intermixed: bool = False) -> argparse.Namespace:
+    """Parse, check the model options, and make merc's logs say what is happening (INFO).
+    `intermixed`: positional arguments may come between options (merc-batch's paths)."""
     import logging
 
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
     check_model_arguments(parser, args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("merc").setLevel(logging.INFO)

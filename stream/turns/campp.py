@@ -69,6 +69,11 @@ def packaged_weights() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / WEIGHTS
 
 
+def onnx_export_path(digest: str = WEIGHTS_SHA256) -> Path:
+    """Where the ONNX export of the weights with this sha256 is cached (it exists once exported)."""
+    return cache_dir() / "campp" / f"campplus-{digest[:16]}-opset{ONNX_OPSET}.onnx"
+
+
 def fbank(wav: np.ndarray) -> np.ndarray:
     """(frames, 80) Kaldi log-mel filterbanks of 16 kHz float samples in [-1, 1], mean-normalised
     over the utterance: the features CAM++ was trained on."""
@@ -155,7 +160,7 @@ class CamPlusEmbedder:
         import onnxruntime as ort
         import torch
 
-        target = cache_dir() / "campp" / f"campplus-{digest[:16]}-opset{ONNX_OPSET}.onnx"
+        target = onnx_export_path(digest)
         probe = torch.from_numpy(fbank(_probe_audio()))[None]
         if not target.is_file():
             log.info("exporting CAM++ to ONNX once, into %s", target.parent)
