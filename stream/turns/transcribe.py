@@ -509,6 +509,65 @@ class FasterWhisperTranscriber:
             windows.append(self._decode(content, frames, previous if start == 0 else [], start * HOP / SAMPLE_RATE))
         return _combine(windows, started, LANGUAGE, self.decoding)
 
+    def transcribe_batch(self, audios: Sequence[np.ndarray],
+                         prompts: Sequence[str | None]) -> list[Transcript]:
+        """`transcribe` of several turns at once (merc-serve batches the turns of concurrent
+        sessions): turns that fit one window are encoded and decoded together, grouped by window
+        length and by whether they have a prompt. CTranslate2 needs the start of transcript at the
+        same position in every prompt of a batch, so the prompts of a group are cut to the shortest
+        one's last tokens. Longer turns, and decodings that need word timings, go one by one."""
+        if len(audios) != len(prompts):
+            raise ValueError(f"{len(audios)} turns but {len(prompts)} prompts")
+        started = time.perf_counter()
+        results: list[Transcript | None] = [None] * len(audios)
+        groups: dict[tuple[int, bool], list[tuple[int, np.ndarray, list[int]]]] = {}
+        for i, (audio, prompt) in enumerate(zip(audios, prompts, strict=True)):
+            audio = _check_audio(audio)
+            if audio.size == 0 or self.decoding.needs_words or len(audio) / SAMPLE_RATE > WINDOW_SECONDS:
+                results[i] = self.transcribe(audio, prompt)
+                continue
+            mel = self.model.feature_extractor(audio)[:, :-1]
+            short = self.window == "turn" and len(audio) / SAMPLE_RATE + SHORT_WINDOW_PAD <= WINDOW_SECONDS
+            frames = short_window_frames(mel.shape[1] * HOP / SAMPLE_RATE) if short else WINDOW_FRAMES
+            previous = self._tokenizer.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
+            groups.setdefault((frames, bool(previous)), []).append((i, mel, previous))
+        for (frames, _), members in groups.items():
+            keep = min(len(previous) for _, _, previous in members)
+            windows = self._decode_many([mel for _, mel, _ in members], frames,
+                                        [previous[len(previous) - keep:] for _, _, previous in members])
+            for (i, _, _), window in zip(members, windows, strict=True):
+                results[i] = _combine([window], started, LANGUAGE, self.decoding)
+        return [result for result in results if result is not None]
+
+    def _decode_many(self, contents: list[np.ndarray], frames: int, previous: list[list[int]]) -> list[_Window]:
+        """`_decode` of several single-window turns whose prompts have the same length, in one
+        encoder pass and one search (no word timings)."""
+        from faster_whisper.transcribe import get_ctranslate2_storage
+
+        whisper, tokenizer = self.model, self._tokenizer
+        mel = np.stack([np.pad(c, ((0, 0), (0, max(0, frames - c.shape[1]))))[:, :frames] for c in contents])
+        encoded = whisper.model.encode(get_ctranslate2_storage(np.ascontiguousarray(mel, dtype=np.float32)))
+        prompts = []
+        for tokens in previous:
+            tokens = _prompt_budget(tokens, whisper.max_length)
+            prompt = ([tokenizer.sot_prev, *tokens] if tokens else []) + list(tokenizer.sot_sequence)
+            prompts.append([*prompt, tokenizer.no_timestamps])
+        seconds = max(c.shape[1] for c in contents) * HOP / SAMPLE_RATE
+        budget = min(max_new_tokens(seconds, whisper.max_length // 2), whisper.max_length - len(prompts[0]))
+        decoding = self.decoding
+        results = whisper.model.generate(
+            encoded, prompts, beam_size=self.beam_size, patience=1.0, length_penalty=1.0,
+            repetition_penalty=decoding.repetition_penalty, no_repeat_ngram_size=decoding.no_repeat_ngram_size,
+            max_length=len(prompts[0]) + budget, return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=self._suppress)
+        windows = []
+        for result in results:
+            sequence = result.sequences_ids[0]
+            tokens = [t for t in sequence if t < tokenizer.eot]
+            avg_logprob = result.scores[0] * max(1, len(sequence)) / (len(sequence) + 1)
+            windows.append(_Window(tokenizer.decode(tokens), avg_logprob, result.no_speech_prob, len(tokens), ()))
+        return windows
+
     def _decode(self, content: np.ndarray, frames: int, previous: list[int], offset: float) -> _Window:
         """One window: ``content`` log-mel frames padded with zeros to ``frames``, encoded, then
         beam search after Whisper's prompt (``previous`` tokens, start of transcript, English,
@@ -639,6 +698,14 @@ class TransformersWhisperTranscriber:
         draft = copy.copy(self)
         draft.beam_size, draft.name = 1, f"{self.name}/draft"
         return draft
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray],
+                         prompts: Sequence[str | None]) -> list[Transcript]:
+        """`transcribe` of several turns, one after another: this decoding loop searches one turn
+        at a time (merc-serve still gains from running them on one thread, not N at once)."""
+        if len(audios) != len(prompts):
+            raise ValueError(f"{len(audios)} turns but {len(prompts)} prompts")
+        return [self.transcribe(audio, prompt) for audio, prompt in zip(audios, prompts, strict=True)]
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         """Text of one turn (16 kHz mono float32), conditioned on ``prompt`` (text said before it)

@@ -60,6 +60,10 @@ ERRORS: Final[Mapping[str, str]] = {
     "turn_failed": "turn at {t_start:.2f}-{t_end:.2f} s could not be processed",
     # one of Recording.problems: our own sentence, naming a file of the recording by name, never a path
     "recording_damaged": "{problem}",
+    # merc-serve: a client's media (stream/serve/media.py); {problem} is our own sentence about the frame
+    "bad_media": "media frame dropped: {problem}",
+    "audio_dropped": "the session fell {seconds:.1f} s behind: the oldest audio was dropped",
+    "no_session": "no such session: watch one with ?session=ID, or send media to /session",
 }
 # Some problems share a code on the wire (clients match on these codes; the finer names are ours).
 _WIRE_CODES: Final[Mapping[str, str]] = {"bad_since": "bad_message", "bad_action": "bad_message",
