@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--tokens-file", type=Path, default=None, metavar="FILE",
                        help="one token per line (blank lines and # comments skipped); each admits its holder, so "
                             "every client or room can have its own. Adds to --token")
+    group.add_argument("--face-model", type=Path, default=None,
+                       help="MediaPipe face landmarker for clients that send camera frames (default: "
+                            "$MERC_FACE_MODEL, else the checksummed copy in the cache or ../shared/models, else "
+                            "fetched by checksum)")
     add_server_arguments(parser)
     add_pipeline_arguments(parser)
     add_model_arguments(parser, torch_engine=False)
@@ -117,7 +121,7 @@ def serve(args: argparse.Namespace) -> int:
     server = SessionServer(models, host=args.host, port=args.port, tokens=args.tokens,
                            allow_origins=args.allow_origin, max_sessions=args.max_sessions,
                            max_connections=args.max_connections, max_queued_seconds=args.max_queued_seconds,
-                           metrics=metrics)
+                           metrics=metrics, face_model=args.face_model)
     url = server.start()
     page = overlay_url(server, args.token)
     join = page + ("&" if "?" in page else "?") + "join=1"

@@ -319,3 +319,45 @@ def test_batched_decoding_matches_one_by_one():
     pieces = [audio[int(t["t_start"] * 16000):int(t["t_end"] * 16000)] for t in gold[:3]]
     together = whisper.transcribe_batch(pieces, [None] * len(pieces))
     assert [t.text for t in together] == [whisper.transcribe(p).text for p in pieces]
+
+
+def test_camera_frames_give_turns_a_face(server, data_dir, model_path):
+    """A client that also sends JPEG camera frames (5 per second, real faces from FER-2013) gets its
+    own face tracker: turns heard with a face in view have the face modality available, and a
+    status says the face is in view."""
+    import cv2
+
+    from merc.models.features.face_features import STILL_MARGIN, prepare
+    from merc.stream.serve.media import VIDEO
+
+    files = sorted((data_dir / "fer2013" / "test" / "happy").glob("*.jpg"))[:5]
+    if len(files) < 5:
+        pytest.skip("FER-2013 test images not found")
+    jpegs = [cv2.imencode(".jpg", prepare(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), margin=STILL_MARGIN))[1].tobytes()
+             for f in files]
+    speech = read_wav(KITCHEN / "audio.wav")[: 16000 * 9]
+
+    async def scenario():
+        async with connect(session_url(server)) as socket:
+            assert json.loads(await socket.recv())["type"] == "hello"
+            started = time.monotonic()
+            video = 0
+            for seq, start in enumerate(range(0, len(speech), 512)):
+                t = start / 16000
+                await asyncio.sleep(max(0.0, started + t - time.monotonic()))  # real time, as a camera
+                await socket.send(audio_frame(speech[start:start + 512], seq, t))
+                if t >= video * 0.2:
+                    await socket.send(HEADER.pack(MAGIC, 1, VIDEO, video, t) + jpegs[video % len(jpegs)])
+                    video += 1
+            await socket.send(audio_frame(np.zeros(0, np.float32), seq + 1, len(speech) / 16000))
+            events = []
+            async for message in socket:
+                events.append(json.loads(message))
+                if events[-1]["type"] == "status" and events[-1]["message"].startswith("session ended"):
+                    return events
+        raise AssertionError("the session did not end")
+
+    events = run(scenario())
+    assert any(e["type"] == "status" and e["devices"].get("face") is True for e in events)
+    with_face = [t for t in turns(events) if "face" in t["available"]]
+    assert with_face and len(with_face) >= len(turns(events)) - 1

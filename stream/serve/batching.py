@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from merc.stream.turns.transcribe import Transcript
+from merc.stream.turns.transcribe import DecodeSkipped, Transcript
 
 __all__ = ["BatchTranscriber", "BatchedTextEncoder", "BatchedTranscriber", "MicroBatcher", "TextEncoder"]
 
@@ -39,7 +39,8 @@ class MicroBatcher(Generic[T, R]):
     `observe(size, seconds)` is told each batch's size and run time (the server's metrics)."""
 
     def __init__(self, name: str, run: Callable[[list[T]], Sequence[R]], window_s: float = 0.0,
-                 max_batch: int = 8, observe: Callable[[int, float], None] | None = None) -> None:
+                 max_batch: int = 8, observe: Callable[[int, float], None] | None = None, *,
+                 defer_to: MicroBatcher[Any, Any] | None = None, stale_s: float | None = None) -> None:
         if window_s < 0 or max_batch < 1:
             raise ValueError("window_s must be >= 0 and max_batch >= 1")
         self.name = name
@@ -47,7 +48,12 @@ class MicroBatcher(Generic[T, R]):
         self.window_s = window_s
         self.max_batch = max_batch
         self.observe = observe
-        self._queue: queue.Queue[tuple[T, Future[R]] | None] = queue.Queue()
+        self.defer_to = defer_to
+        self.stale_s = stale_s
+        self.shed = 0
+        """Requests skipped (DecodeSkipped): they waited over `stale_s`, or `defer_to` had work."""
+        self._busy = False
+        self._queue: queue.Queue[tuple[T, Future[R], float] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name=f"batch-{name}", daemon=True)
         self._thread.start()
 
@@ -56,10 +62,16 @@ class MicroBatcher(Generic[T, R]):
         """Requests waiting for a batch now."""
         return self._queue.qsize()
 
+    @property
+    def busy(self) -> bool:
+        """Running a batch, or requests waiting for one."""
+        return self._busy or self.depth > 0
+
     def submit(self, item: T) -> R:
-        """Run `item` in the next batch and wait for its result (re-raises its failure)."""
+        """Run `item` in the next batch and wait for its result (re-raises its failure, or
+        DecodeSkipped when this batcher sheds optional work and skipped it)."""
         future: Future[R] = Future()
-        self._queue.put((item, future))
+        self._queue.put((item, future, time.monotonic()))
         return future.result()
 
     def close(self) -> None:
@@ -85,9 +97,31 @@ class MicroBatcher(Generic[T, R]):
                     closing = True
                     break
                 batch.append(item)
-            self._run(batch)
+            batch = self._shed(batch)
+            if batch:
+                self._busy = True
+                try:
+                    self._run([(item, future) for item, future, _ in batch])
+                finally:
+                    self._busy = False
             if closing:
                 return
+
+    def _shed(self, batch: list[tuple[T, Future[R], float]]) -> list[tuple[T, Future[R], float]]:
+        """Optional work that is no longer worth doing: everything while `defer_to` (the final
+        decodes) has work, and requests older than `stale_s` (a newer partial will follow)."""
+        if self.defer_to is None and self.stale_s is None:
+            return batch
+        now = time.monotonic()
+        deferred = self.defer_to is not None and self.defer_to.busy
+        kept = []
+        for entry in batch:
+            if deferred or (self.stale_s is not None and now - entry[2] > self.stale_s):
+                self.shed += 1
+                entry[1].set_exception(DecodeSkipped(f"{self.name}: skipped under load"))
+            else:
+                kept.append(entry)
+        return kept
 
     def _run(self, batch: list[tuple[T, Future[R]]]) -> None:
         started = time.perf_counter()
@@ -141,12 +175,13 @@ class BatchedTranscriber:
 
     @staticmethod
     def batcher(name: str, transcriber: BatchTranscriber, window_s: float, max_batch: int,
-                observe: Callable[[int, float], None] | None = None
+                observe: Callable[[int, float], None] | None = None, **shedding: Any
                 ) -> MicroBatcher[tuple[np.ndarray, str | None], Transcript]:
+        """`shedding`: MicroBatcher's defer_to and stale_s, for the drafts of partial results."""
         def run(items: list[tuple[np.ndarray, str | None]]) -> list[Transcript]:
             return transcriber.transcribe_batch([a for a, _ in items], [p for _, p in items])
 
-        return MicroBatcher(name, run, window_s, max_batch, observe)
+        return MicroBatcher(name, run, window_s, max_batch, observe, **shedding)
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> Transcript:
         return self.final.submit((audio, prompt))

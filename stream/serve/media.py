@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from merc.stream.capture.audio import BLOCK, SAMPLE_RATE, AudioChunk
+from merc.stream.capture.video import VideoFrame
 
 __all__ = ["AUDIO", "FRAME_SAMPLES", "HEADER", "MAX_AUDIO_SAMPLES", "MAX_VIDEO_BYTES", "MEDIA_VERSION", "VIDEO",
-           "MediaFrame", "MediaFrameError", "PushAudioSource", "audio_frame", "parse_frame"]
+           "MediaFrame", "MediaFrameError", "PushAudioSource", "PushVideoSource", "audio_frame", "parse_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +172,57 @@ class PushAudioSource:
                 chunk = self._chunks.popleft()
                 self._queued -= len(chunk.samples)
             yield chunk
+
+
+class PushVideoSource:
+    """A VideoSource (stream/capture/video.py) fed by a client's JPEG frames, for a FaceTracker.
+
+    `push` (on the event loop) only keeps the newest `keep` frames, still encoded; a frame is
+    decoded when the tracker asks for it, on the tracker's thread. Frames are on the client's
+    capture clock, the one its audio frames use. `available` while a frame came within
+    `stale_s`; a frame that does not decode is counted (`bad_frames`) and skipped."""
+
+    def __init__(self, keep: int = 30, stale_s: float = 2.0) -> None:
+        self.stale_s = stale_s
+        self.bad_frames = 0
+        self.received = 0
+        self._frames: deque[tuple[float, bytes]] = deque(maxlen=keep)
+        self._last_arrival = -math.inf
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() - self._last_arrival < self.stale_s
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        with self._lock:
+            self._frames.clear()
+        self._last_arrival = -math.inf
+
+    def push(self, frame: MediaFrame) -> None:
+        with self._lock:
+            self._frames.append((frame.t, frame.payload))
+        self.received += 1
+        self._last_arrival = time.monotonic()
+
+    def latest(self) -> VideoFrame | None:
+        with self._lock:
+            newest = self._frames[-1] if self._frames else None
+        return self._decode(*newest) if newest is not None else None
+
+    def frames_since(self, t: float) -> list[VideoFrame]:
+        with self._lock:
+            kept = [entry for entry in self._frames if entry[0] > t]
+        return [frame for frame in (self._decode(*entry) for entry in kept) if frame is not None]
+
+    def _decode(self, t: float, jpeg: bytes) -> VideoFrame | None:
+        import cv2
+
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            self.bad_frames += 1
+            return None
+        return VideoFrame(t, image)

@@ -10,6 +10,7 @@ every turn, and the batches the shared models ran.
     merc_batch_queue_depth{model}      requests waiting for a batch
     merc_batch_size{model}             histogram: requests per batch
     merc_batch_seconds{model}          histogram: time per batch
+    merc_partials_shed                 partial-result decodes skipped under load (batching.py)
     merc_turns_total                   final turns published
     merc_turn_stage_seconds{stage}     histogram: each stage of a turn (timings_ms of the turn event;
                                        stage "total" is end of speech -> event)
@@ -44,6 +45,7 @@ class ServeMetrics:
         self.batch_seconds = Histogram("merc_batch_seconds", "Time per batch", ["model"], buckets=_STAGE_BUCKETS,
                                        registry=r)
         self.turns = Counter("merc_turns", "Final turns published", registry=r)
+        self.shed = Gauge("merc_partials_shed", "Partial-result decodes skipped under load so far", registry=r)
         self.stage = Histogram("merc_turn_stage_seconds", "Each stage of a turn; total = end of speech to event",
                                ["stage"], buckets=_STAGE_BUCKETS, registry=r)
 
@@ -65,9 +67,10 @@ class ServeMetrics:
             if isinstance(ms, int | float):
                 self.stage.labels(stage).observe(ms / 1000)
 
-    def render(self, queued_seconds: float, depth: Mapping[str, int]) -> bytes:
+    def render(self, queued_seconds: float, depth: Mapping[str, int], partials_shed: int = 0) -> bytes:
         """The exposition, with the gauges read now."""
         self.queued.set(queued_seconds)
+        self.shed.set(partials_shed)
         for model, n in depth.items():
             self.depth.labels(model).set(n)
         return generate_latest(self.registry)

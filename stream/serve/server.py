@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -81,7 +82,8 @@ class SessionServer:
     def __init__(self, models: SharedModels, *, host: str = "127.0.0.1", port: int = 8765,
                  tokens: Iterable[str] = (), allow_origins: Iterable[str] = (), max_sessions: int = 8,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, max_queued_seconds: float = 10.0,
-                 queue_size: int = 1024, metrics: ServeMetrics | None = None) -> None:
+                 queue_size: int = 1024, metrics: ServeMetrics | None = None,
+                 face_model: Path | None = None) -> None:
         if max_sessions < 1 or max_connections < 1:
             raise ValueError("max_sessions and max_connections must be at least 1")
         self.models = models
@@ -93,6 +95,7 @@ class SessionServer:
         self.max_queued_seconds = max_queued_seconds
         self.queue_size = queue_size
         self.metrics = metrics or ServeMetrics()
+        self.face_model = face_model
         self.sessions: dict[str, MediaSession] = {}
         self._lock = threading.Lock()  # self.sessions: the loop adds, session threads remove
         self._policies: list[AccessPolicy] = []
@@ -205,7 +208,7 @@ class SessionServer:
     def _metrics_response(self) -> Response:
         with self._lock:
             queued = sum(s.source.queued_seconds for s in self.sessions.values())
-        body = self.metrics.render(queued, self.models.queue_depth)
+        body = self.metrics.render(queued, self.models.queue_depth, self.models.partials_shed)
         headers = Headers([("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body))),
                            ("Cache-Control", "no-cache"), ("Connection", "close")])
         return Response(200, "OK", headers, body)
@@ -228,7 +231,8 @@ class SessionServer:
     async def _media_connection(self, websocket: ServerConnection, path: str) -> None:
         loop = asyncio.get_running_loop()
         session_id = f"s-{secrets.token_hex(6)}"
-        media = MediaSession(session_id, self.models, self.max_queued_seconds, on_done=self._ended)
+        media = MediaSession(session_id, self.models, self.max_queued_seconds, on_done=self._ended,
+                             face_model=self.face_model)
         with self._lock:
             self.sessions[session_id] = media
         media.bus.subscribe(self.metrics.observe_event)

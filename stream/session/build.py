@@ -24,7 +24,8 @@ from merc.stream.turns.end_of_turn import Completeness
 from merc.stream.wire.events import EventBus
 
 __all__ = [
-    "TABLE_HEADER", "BundleExporter", "build_processor", "build_session", "clip", "format_event", "hello_body",
+    "TABLE_HEADER", "BundleExporter", "build_processor", "build_session", "clip", "face_featurizer", "format_event",
+    "hello_body",
     "load_completeness", "load_tracker", "load_transcriber", "printer_sink", "turn_printer", "warm_up",
 ]
 
@@ -102,7 +103,7 @@ def build_processor(options: SessionOptions, tracker: Tracker, face_tracker: Fac
                               prompt_words=options.asr.prompt_words, attributor=attributor,
                               acoustic=_acoustic_featurizer(tracker, transcriber, options.asr),
                               face_tracker=face_tracker,
-                              face_features=_face_featurizer(tracker) if face_tracker is not None else None)
+                              face_features=face_featurizer(tracker) if face_tracker is not None else None)
     if warm_up_audio is not None:
         warm_up(processor, warm_up_audio)
     log.info("pipeline ready in %.1f s (asr %s %s; voices %s; model reads %s)", time.perf_counter() - started,
@@ -158,7 +159,7 @@ def _acoustic_featurizer(tracker: Tracker, transcriber: Transcriber, asr: AsrOpt
     return acoustic
 
 
-def _face_featurizer(tracker: Tracker) -> FaceFeaturizer:
+def face_featurizer(tracker: Tracker) -> FaceFeaturizer:
     """The face features of a turn: the bundle's face CNN on the tracker's crops when it has one,
     else the landmark features."""
     manifest = getattr(tracker, "manifest", None)

@@ -39,7 +39,7 @@ from merc.stream.session.seams import (
 )
 from merc.stream.turns.partials import LocalAgreement, TurnInProgress
 from merc.stream.turns.segmenter import SpeechSegment, TurnSegmenter
-from merc.stream.turns.transcribe import conversation_prompt
+from merc.stream.turns.transcribe import DecodeSkipped, conversation_prompt
 from merc.stream.wire.events import turn_event, turn_partial_event, turn_update_events
 
 __all__ = ["ERRORS_KEPT", "FaceTimeline", "Pipeline", "Tracker", "TurnProcessor"]
@@ -266,6 +266,8 @@ class Pipeline:
             return
         try:
             body = self.processor.partial(turn)
+        except DecodeSkipped:  # shed under load (merc-serve): the final result will come
+            return
         except Exception:
             log.exception("partial result of the turn at %.2f s failed", turn.t_start)
             return

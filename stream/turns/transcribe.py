@@ -72,6 +72,11 @@ class TranscriberError(MercError, RuntimeError):
     code = "asr_unavailable"
 
 
+class DecodeSkipped(Exception):
+    """A draft decode that was not run: the transcriber is busy with final decodes (merc-serve sheds
+    partial results under load). The turn's partial is skipped; its final result is not affected."""
+
+
 @dataclass(frozen=True)
 class Word:
     """One decoded word as written (its punctuation attached, no leading space), its span in
