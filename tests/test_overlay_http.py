@@ -20,12 +20,16 @@ HELLO = {"labels": ["neu", "hap", "sad", "ang", "exc", "fru"], "model": {}, "mod
     ("/index.html?compact=1&transparent=1", "index.html", "text/html"),
     ("/overlay.js", "overlay.js", "text/javascript"),
     ("/overlay.css", "overlay.css", "text/css"),
+    ("/capture.js", "capture.js", "text/javascript"),  # join mode (merc-serve)
+    ("/capture-worklet.js", "capture-worklet.js", "text/javascript"),
 ])
 def test_overlay_files_by_path(path, name, content_type):
     status, kind, body = overlay_response(path)
     assert status == 200 and kind.startswith(content_type) and body
     if name == "index.html":
-        assert b'src="overlay.js"' in body and b'href="overlay.css"' in body
+        assert b'src="overlay.js"' in body and b'href="overlay.css"' in body and b'src="capture.js"' in body
+    if name == "capture-worklet.js":
+        assert b'registerProcessor("merc-capture"' in body
 
 
 @pytest.mark.parametrize("path", ["/client.py", "/overlay/", "/../client.py", "/overlay/overlay.js", "/favicon.ico"])

@@ -2,7 +2,10 @@
 // emotion timeline, device availability and the connection state. Vanilla JS, no build step.
 //
 // URL parameters: transparent=1 (no background, for OBS), compact=1 (last few turns, large type),
-// token=... (passed on to the WebSocket URL for servers that require one).
+// token=... (passed on to the WebSocket URL for servers that require one), session=ID (merc-serve:
+// watch that session), join=1 (merc-serve: this browser's microphone, and camera, are a new session;
+// capture.js captures, the events come back on the same socket and are drawn as any others),
+// native=1 (join mode: capture at the device's rate and resample in the worklet).
 (function () {
   "use strict";
 
@@ -14,6 +17,9 @@
   const TIMELINE_SECONDS = 300; // the timeline shows the last five minutes of the conversation
   const BACKOFF_MS = [250, 5000]; // first retry, ceiling (doubling in between)
   const CORRECTED_MS = 4000; // how long a row corrected by a turn.update stays marked
+  const SESSION_ENDED = "session ended"; // merc-serve's last status of a session
+  const MAX_PENDING = 320; // join mode: audio frames (10 s) kept while the session's socket opens
+  const MAX_BUFFERED_BYTES = 1 << 20; // join mode: video frames are skipped while this much is unsent
 
   // MELD-7 and IEMOCAP-6 share hues for the same emotion so a viewer learns one palette.
   const COLOURS = {
@@ -38,15 +44,29 @@
   function readOptions(search) {
     const params = new URLSearchParams(search);
     const flag = (name) => ["1", "true", "yes", ""].includes(params.get(name) ?? "no");
-    return { transparent: flag("transparent"), compact: flag("compact"), token: params.get("token") };
+    return { transparent: flag("transparent"), compact: flag("compact"), token: params.get("token"),
+      session: params.get("session"), join: flag("join"), native: flag("native") };
   }
 
-  function socketUrl(loc, since, token) {
+  function socketUrl(loc, since, token, session) {
     // `since` in the URL makes the server's backlog atomic with the subscription, so events
     // published while the socket opens can neither overtake the backlog nor be lost.
     const query = new URLSearchParams({ since: String(since) });
     if (token) query.set("token", token);
+    if (session) query.set("session", session);
     return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/?${query}`;
+  }
+
+  function sessionUrl(loc, token) {
+    // merc-serve's media endpoint: every connection is a new session
+    const query = token ? `?${new URLSearchParams({ token })}` : "";
+    return `${loc.protocol === "https:" ? "wss" : "ws"}://${loc.host}/session${query}`;
+  }
+
+  function watchUrl(session, token) {
+    const query = new URLSearchParams({ session });
+    if (token) query.set("token", token);
+    return `/?${query}`;
   }
 
   function majorOf(version) {
@@ -78,11 +98,20 @@
       turns: doc.getElementById("turns"),
       timeline: doc.getElementById("timeline"),
       legend: doc.getElementById("legend"),
+      join: doc.getElementById("join"),
+      joinButton: doc.getElementById("join-button"),
+      leaveButton: doc.getElementById("leave-button"),
+      cameraBox: doc.getElementById("camera-box"),
+      sessionBox: doc.getElementById("session"),
+      sessionId: doc.getElementById("session-id"),
+      captureInfo: doc.getElementById("capture-info"),
+      preview: doc.getElementById("preview"),
     };
     const state = {
       session: null, labels: [], turns: [], lastSeq: 0, missed: 0, connectionState: "connecting",
       connections: 0, devices: { microphone: null, camera: null, face: null }, socket: null,
       backoff: BACKOFF_MS[0], retryTimer: null, held: false, noticeTimer: null, version: null, partial: null,
+      joinState: "idle", capture: null, pending: [], infoTimer: null,
     };
     doc.body.classList.toggle("transparent", options.transparent);
     doc.body.classList.toggle("compact", options.compact);
@@ -93,8 +122,9 @@
       view.connectionText.textContent = detail ? `${name} (${detail})` : name;
     }
 
-    function notify(message, sticky = false) {
+    function notify(message, sticky = false, kind = "problem") {
       view.notice.textContent = message;
+      view.notice.dataset.kind = kind; // "problem" or "info" (join mode: a session that ended as it should)
       view.notice.hidden = false;
       clearTimeout(state.noticeTimer);
       if (!sticky) state.noticeTimer = setTimeout(() => { view.notice.hidden = true; }, 8000);
@@ -112,7 +142,7 @@
     function connect() {
       state.retryTimer = null;
       setConnection(state.connections === 0 ? "connecting" : "reconnecting");
-      const socket = new WebSocket(socketUrl(loc, state.lastSeq, options.token));
+      const socket = new WebSocket(socketUrl(loc, state.lastSeq, options.token, options.session));
       state.socket = socket;
       state.version = null; // learnt again from this connection's hello
       socket.onopen = () => socket.send(JSON.stringify({ type: "hello", since: state.lastSeq }));
@@ -143,9 +173,13 @@
         state.version = majorOf(event.v);
         return greet(event);
       }
-      if (state.version === null) return; // the server greets first: nothing counts before its hello
+      if (state.version === null) { // the server greets first: nothing counts before its hello...
+        if (event.direct && event.type === "error") notify(event.message); // ...but say why it will not
+        return;
+      }
       if (majorOf(event.v) !== state.version) return incompatible(event.v);
       if (event.direct) { // a pong, or an error about our own message: outside the sequence
+        if (event.type === "error" && options.join && event.code === "bad_json") return notASessionServer();
         if (event.type === "error") notify(event.message);
         return;
       }
@@ -155,7 +189,10 @@
       if (event.type === "turn") addTurn(event);
       else if (event.type === "turn.partial") showPartial(event);
       else if (event.type === "turn.update") updateTurn(event);
-      else if (event.type === "status") updateDevices(event);
+      else if (event.type === "status") {
+        updateDevices(event);
+        if (options.join) sessionStatus(event);
+      }
       else if (event.type === "error") notify(event.message);
       // any other type is from a newer minor version of the protocol: ignored
     }
@@ -177,6 +214,7 @@
       state.labels = hello.labels || [];
       drawLegend();
       setConnection("live");
+      if (options.join) joined(hello.session);
     }
 
     function forget() {
@@ -318,6 +356,194 @@
       }
     }
 
+    // -- join mode: this browser's microphone (and camera) is a session of merc-serve ------------------
+    // Capture starts first (the permission prompt belongs to the click), then the session's socket;
+    // audio captured before it opens waits in `pending`. Leave sends the end of audio and stops the
+    // devices; the turns still being processed arrive until the server's "session ended" status, then
+    // the socket closes. A socket is never reopened: a new one would be a new session.
+
+    function setUpJoin() {
+      view.join.hidden = false;
+      doc.body.classList.add("join");
+      setConnection("not joined");
+      const unexpected = (err) => notify(`Something went wrong: ${err && err.message ? err.message : err}`, true);
+      view.joinButton.addEventListener("click", () => { join().catch(unexpected); });
+      view.leaveButton.addEventListener("click", () => { leave().catch(unexpected); });
+      setJoin("idle");
+    }
+
+    function setJoin(name) {
+      state.joinState = name;
+      view.join.dataset.state = name;
+      const idle = ["idle", "ended", "refused", "failed"].includes(name);
+      view.joinButton.disabled = !idle;
+      view.cameraBox.disabled = !idle;
+      view.leaveButton.disabled = name !== "live";
+      if (idle) stopInfo();
+    }
+
+    async function join() {
+      if (!["idle", "ended", "refused", "failed"].includes(state.joinState)) return;
+      const camera = view.cameraBox.checked;
+      setJoin("starting");
+      forget();
+      state.session = null;
+      state.version = null;
+      state.pending = [];
+      view.sessionBox.hidden = true;
+      view.notice.hidden = true;
+      setConnection("joining", camera ? "asking for the microphone and camera" : "asking for the microphone");
+      let capture;
+      try {
+        capture = await window.MercCapture.start({
+          camera, native: options.native, video: view.preview, onFrame: sendFrame,
+          onProblem: (message) => { notify(message, true); leave(); },
+        });
+      } catch (err) {
+        setJoin("failed");
+        setConnection("not joined");
+        notify(window.MercCapture.describe(err, camera), true);
+        return;
+      }
+      state.capture = capture;
+      updateDevices({ devices: { microphone: true, camera }, message: "this browser's capture" });
+      setConnection("joining", "opening the session");
+      openSession();
+      showInfo();
+    }
+
+    function openSession() {
+      const socket = new WebSocket(sessionUrl(loc, options.token));
+      socket.binaryType = "arraybuffer";
+      state.socket = socket;
+      socket.onopen = () => {
+        for (const frame of state.pending) socket.send(frame);
+        state.pending = [];
+      };
+      socket.onmessage = (message) => {
+        if (socket === state.socket && typeof message.data === "string") receive(JSON.parse(message.data));
+      };
+      socket.onclose = (closed) => {
+        if (socket !== state.socket) return; // closed by us, on purpose
+        state.socket = null;
+        sessionClosed(closed);
+      };
+    }
+
+    function sendFrame(frame, kind) {
+      const socket = state.socket;
+      if (socket && socket.readyState === WebSocket.OPEN) {
+        if (kind === window.MercCapture.VIDEO && socket.bufferedAmount > MAX_BUFFERED_BYTES) return false;
+        socket.send(frame);
+        return true;
+      }
+      if (state.joinState === "starting" && kind === window.MercCapture.AUDIO && state.pending.length < MAX_PENDING) {
+        state.pending.push(frame); // the socket is still opening
+        return true;
+      }
+      return false;
+    }
+
+    function joined(session) {
+      setJoin("live");
+      view.sessionId.textContent = session;
+      view.sessionId.href = watchUrl(session, options.token);
+      view.sessionBox.hidden = false;
+    }
+
+    async function leave() {
+      if (state.joinState !== "live") return;
+      setJoin("leaving");
+      setConnection("leaving", "finishing the last turns");
+      const capture = state.capture;
+      await capture.stop(); // its last frames, then the end of audio
+      updateDevices({ devices: { microphone: null, camera: null }, message: "capture stopped" });
+      showInfo();
+    }
+
+    function sessionStatus(event) {
+      if (!String(event.message || "").startsWith(SESSION_ENDED)) return;
+      if (state.capture) state.capture.abort(); // the server ended it (normally: after our Leave)
+      const socket = state.socket;
+      state.socket = null;
+      if (socket) socket.close(1000, "session ended");
+      setJoin("ended");
+      setConnection("ended", state.session);
+      const detail = event.message.slice(SESSION_ENDED.length).replace(/^[:\s]+/, "");
+      notify(`Session ${state.session} ended${detail ? ` (${detail})` : ""}. Join again for a new one.`, true, "info");
+    }
+
+    function sessionClosed(closed) {
+      if (state.capture) state.capture.abort();
+      updateDevices({ devices: { microphone: null, camera: null }, message: "capture stopped" });
+      if (state.connectionState === "incompatible") {
+        setJoin("failed");
+        return;
+      }
+      if (state.version === null) { // no hello: the handshake was refused
+        setJoin("refused");
+        view.captureInfo.textContent = ""; // nothing was sent
+        setConnection("refused");
+        notify("The server refused the session.", true);
+        explainRefusal();
+        return;
+      }
+      setJoin("failed");
+      setConnection("disconnected");
+      notify(`The connection to the server was lost (code ${closed.code}${closed.reason ? `: ${closed.reason}` : ""}` +
+        "): this session is over. Join again for a new one.", true);
+    }
+
+    function notASessionServer() {
+      // Our media frames were read as JSON messages: an event server (merc-live, merc-replay), not merc-serve.
+      if (!["live", "leaving"].includes(state.joinState)) return;
+      if (state.capture) state.capture.abort();
+      const socket = state.socket;
+      state.socket = null;
+      if (socket) socket.close(1000, "not a session server");
+      updateDevices({ devices: { microphone: null, camera: null }, message: "capture stopped" });
+      setJoin("failed");
+      setConnection("not joined");
+      notify("This server does not take sessions: join mode needs merc-serve (merc-live and merc-replay serve " +
+        "their own session's events; open this page without ?join=1 to follow them).", true);
+    }
+
+    async function explainRefusal() {
+      // A browser is not told why a WebSocket handshake failed; merc-serve's /healthz says if it is full.
+      let message = "The server refused the session: it may be full, the token may be missing or wrong, or it " +
+        "is not merc-serve (merc-live and merc-replay serve the overlay, not sessions). Try again later.";
+      try {
+        const reply = await fetch("/healthz", { cache: "no-store" });
+        const health = reply.ok ? await reply.json() : null;
+        if (health && Number.isInteger(health.max_sessions) && health.sessions >= health.max_sessions) {
+          message = `The server refused the session: all ${health.max_sessions} of its sessions are in use ` +
+            "(HTTP 503). Try again later.";
+        }
+      } catch (err) {
+        // no /healthz: keep the general message
+      }
+      if (state.joinState === "refused") notify(message, true);
+    }
+
+    function showInfo() {
+      // The capture's counters, once a second while it runs: seconds sent, frames, the capture rate.
+      const capture = state.capture;
+      if (!capture) return;
+      const c = capture.counters;
+      const video = c.videoFrames || c.videoSkipped ? `, ${c.videoFrames} video frames` +
+        (c.videoSkipped ? ` (${c.videoSkipped} skipped)` : "") : "";
+      view.captureInfo.textContent = `${capture.seconds.toFixed(1)} s of audio${video}` +
+        (c.resampled ? `, resampled from ${c.sampleRate} Hz` : "");
+      clearTimeout(state.infoTimer);
+      if (!c.stopped) state.infoTimer = setTimeout(showInfo, 1000);
+    }
+
+    function stopInfo() {
+      clearTimeout(state.infoTimer);
+      state.infoTimer = null;
+      if (state.capture) showInfo();
+    }
+
     // Small hooks for tests and for debugging from the console.
     const hooks = {
       get turns() { return state.turns.map((t) => ({ seq: t.seq, turn: t.turn, speaker: t.speaker,
@@ -331,6 +557,14 @@
       get devices() { return { ...state.devices }; },
       get labels() { return [...state.labels]; },
       get version() { return state.version; },
+      get session() { return state.session; },
+      // join mode: idle, starting, live, leaving, ended, refused, failed; and the capture's counters
+      get joinState() { return state.joinState; },
+      get capture() {
+        const capture = state.capture;
+        return capture && { ...capture.counters, seconds: capture.seconds, tracksLive: capture.tracksLive };
+      },
+      get notice() { return view.notice.hidden ? null : view.notice.textContent; },
       supportedMajor: SUPPORTED_MAJOR,
       options,
       // Drop the socket as a network failure would; `hold` keeps it down until reconnect().
@@ -346,7 +580,8 @@
       },
     };
     addEventListener("resize", drawTimeline);
-    connect();
+    if (options.join) setUpJoin();
+    else connect();
     return hooks;
   }
 

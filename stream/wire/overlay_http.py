@@ -1,6 +1,6 @@
 """Serving the browser overlay (clients/overlay/) on the event server's own port.
 
-The overlay is three static files; serving them from the WebSocket port means one address to open
+The overlay is a few static files; serving them from the WebSocket port means one address to open
 (or to paste into OBS) and no second server. The websockets server calls `process_request` before
 each handshake: a WebSocket upgrade goes on to the event stream, a GET for an overlay file gets the
 file, anything else a 404.
@@ -31,6 +31,8 @@ OVERLAY_FILES: dict[str, tuple[str, str]] = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/overlay.js": ("overlay.js", "text/javascript; charset=utf-8"),
     "/overlay.css": ("overlay.css", "text/css; charset=utf-8"),
+    "/capture.js": ("capture.js", "text/javascript; charset=utf-8"),  # join mode (merc-serve)
+    "/capture-worklet.js": ("capture-worklet.js", "text/javascript; charset=utf-8"),  # its AudioWorklet
 }
 
 
