@@ -359,5 +359,6 @@ def test_camera_frames_give_turns_a_face(server, data_dir, model_path):
 
     events = run(scenario())
     assert any(e["type"] == "status" and e["devices"].get("face") is True for e in events)
+    assert "merc_video_frames_total 4" in _get(server["http"] + "/metrics")  # 45 frames: at least 40
     with_face = [t for t in turns(events) if "face" in t["available"]]
     assert with_face and len(with_face) >= len(turns(events)) - 1

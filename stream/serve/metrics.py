@@ -7,6 +7,7 @@ every turn, and the batches the shared models ran.
     merc_sessions_refused_total        handshakes refused at --max-sessions
     merc_audio_queued_seconds          audio received but not yet read, all sessions together
     merc_audio_dropped_seconds_total   audio dropped because a session fell --max-queued-seconds behind
+    merc_video_frames_total            camera frames received (JPEG; read by each session's face tracker)
     merc_batch_queue_depth{model}      requests waiting for a batch
     merc_batch_size{model}             histogram: requests per batch
     merc_batch_seconds{model}          histogram: time per batch
@@ -39,6 +40,7 @@ class ServeMetrics:
         self.queued = Gauge("merc_audio_queued_seconds", "Audio received but not yet read, all sessions", registry=r)
         self.dropped = Counter("merc_audio_dropped_seconds", "Audio dropped by sessions that fell behind",
                                registry=r)
+        self.video = Counter("merc_video_frames", "Camera frames received", registry=r)
         self.depth = Gauge("merc_batch_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
         self.batch_size = Histogram("merc_batch_size", "Requests per batch", ["model"], buckets=_BATCH_SIZES,
                                     registry=r)

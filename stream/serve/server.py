@@ -8,10 +8,12 @@ One port serves everything:
                                 (ping, control); it receives that session's events only: `hello`
                                 (its envelope's `session` is the session id), `turn.partial`,
                                 `turn`, `turn.update`, `error`, and a final `status` ("session
-                                ended") once the audio it sent is all processed. An audio frame with
-                                no samples says the client stopped capturing: the turn in progress is
-                                finished and the status follows.
-    ws://HOST:PORT/?session=ID  watch a running session's events (another screen, a dashboard).
+                                ended") once the audio it sent is all processed, after which the
+                                connection is closed (1000). An audio frame with no samples says the
+                                client stopped capturing: the turn in progress is finished and the
+                                status follows.
+    ws://HOST:PORT/?session=ID  watch a running session's events (another screen, a dashboard),
+                                closed (1000) after its "session ended" status.
     GET /healthz                "ok" with the open and maximum session counts (JSON)
     GET /metrics                Prometheus text format (metrics.py)
     GET /, /overlay.js, ...     the overlay (stream/wire/overlay_http.py); /?join=1 is its join mode
@@ -47,7 +49,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from merc.stream.serve.media import AUDIO, HEADER, MAGIC, MEDIA_VERSION, MediaFrameError, parse_frame
+from merc.stream.serve.media import AUDIO, HEADER, MAGIC, MEDIA_VERSION, VIDEO, MediaFrameError, parse_frame
 from merc.stream.serve.metrics import CONTENT_TYPE, ServeMetrics
 from merc.stream.serve.sessions import MediaSession, SharedModels
 from merc.stream.wire.access import AccessPolicy, Denial, exposure_problem
@@ -65,11 +67,12 @@ from merc.stream.wire.server import (
     ServerError,
 )
 
-__all__ = ["MEDIA_BURST", "MEDIA_RATE", "SESSION_PATH", "SessionServer"]
+__all__ = ["ENDED", "MEDIA_BURST", "MEDIA_RATE", "SESSION_PATH", "SessionServer"]
 
 log = logging.getLogger(__name__)
 
 SESSION_PATH = "/session"
+ENDED = "session ended"  # the last status of a session (its clients are closed with 1000 after it)
 MEDIA_RATE = 1000.0  # media frames per second and session (512-sample audio is 31/s in real time, video 5-10/s)
 MEDIA_BURST = 5000  # a client may send a few minutes of a file ahead (with --max-queued-seconds to hold it)
 WARN_EVERY_S = 1.0  # a session's client hears about dropped media at most this often
@@ -277,6 +280,8 @@ class SessionServer:
             else:
                 dropped = media.source.dropped_seconds
                 media.push(frame)
+                if frame.kind == VIDEO:
+                    self.metrics.video.inc()
                 if media.source.dropped_seconds > dropped:
                     self.metrics.dropped.inc(media.source.dropped_seconds - dropped)
                     if warned.due("audio", now):
@@ -328,6 +333,8 @@ class SessionServer:
         return deliver
 
     def _push(self, client: _Client, event: dict[str, Any]) -> None:
+        if event.get("type") == "status" and str(event.get("message", "")).startswith(ENDED):
+            client.ending = True  # closed (1000) once everything before it is sent
         if client.queue.push(Outgoing.of(event)):
             client.ready.set()
         elif client.closing is None:
@@ -360,6 +367,9 @@ class SessionServer:
     async def _send_loop(client: _Client) -> None:
         while True:
             if not len(client.queue):
+                if client.ending:  # its session ended and everything was sent: nothing more will come
+                    await client.websocket.close(1000, ENDED)
+                    return
                 client.ready.clear()
                 await client.ready.wait()
                 continue
@@ -373,7 +383,7 @@ class SessionServer:
     def _ended(self, media: MediaSession) -> None:
         """A session's pipeline finished (on its thread): say so to its clients and forget it."""
         media.bus.publish({"type": "status", "devices": {"microphone": False},
-                           "message": f"session ended: {media.pipeline.turns} turns"})
+                           "message": f"{ENDED}: {media.pipeline.turns} turns"})
         with self._lock:
             self.sessions.pop(media.id, None)
         self.metrics.sessions.dec()
@@ -386,6 +396,8 @@ class _Client:
     queue: ClientQueue
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Future[None] | None = None
+    ending: bool = False
+    """Its session ended: close the connection once the queue is sent."""
 
 
 @dataclass
