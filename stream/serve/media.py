@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from merc.models.errors import MercError
 from merc.stream.capture.audio import BLOCK, SAMPLE_RATE, AudioChunk
 from merc.stream.capture.video import VideoFrame
 
@@ -51,8 +52,10 @@ MAX_AUDIO_SAMPLES = SAMPLE_RATE  # one second per frame at most
 MAX_VIDEO_BYTES = 60 * 1024  # under the server's 64 KiB message limit with the header
 
 
-class MediaFrameError(ValueError):
+class MediaFrameError(MercError, ValueError):
     """A binary message that is not a media frame this server reads (the message says why)."""
+
+    code = "media_frame_invalid"
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,9 +72,11 @@ class TranscriberError(MercError, RuntimeError):
     code = "asr_unavailable"
 
 
-class DecodeSkipped(Exception):
+class DecodeSkipped(MercError, RuntimeError):
     """A draft decode that was not run: the transcriber is busy with final decodes (merc-serve sheds
     partial results under load). The turn's partial is skipped; its final result is not affected."""
+
+    code = "decode_skipped"
 
 
 @dataclass(frozen=True)
