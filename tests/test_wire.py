@@ -128,7 +128,7 @@ def test_typed_events_validate_once_stamped():
 @pytest.mark.parametrize("name", sorted(ERRORS))
 def test_every_error_in_the_table_makes_a_valid_event(name):
     values = {"type": "dance", "rate": 20.0, "action": "reset", "t_start": 1.2, "t_end": 3.4,
-              "problem": "audio.wav is cut short", "count": 1000, "first": 1, "last": 500}
+              "problem": "audio.wav is cut short", "count": 1000, "first": 1, "last": 500, "seconds": 2.5}
     event = stamp(error(name, **values), seq=1, session="s", sent=0.0)
     VALIDATOR.validate(event)
     assert event["code"] in ERRORS and event["message"] and "{" not in event["message"]
